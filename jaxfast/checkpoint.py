@@ -1,0 +1,106 @@
+"""Orbax checkpoints of the training state: atomic saves, latest + best N, exact resume.
+
+A checkpoint holds the state's arrays (step, params, batch_stats, opt_state, rng)
+and a small JSON `meta` (where in the training plan it was taken, the history so
+far). Orbax writes each checkpoint to a temporary folder and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint intact.
+Restoring takes the shapes, dtypes and shardings from a freshly built state, so a
+checkpoint saved on one device count restores onto another.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxfast.state import TrainState
+
+ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+
+
+def state_arrays(state: TrainState) -> dict:
+    """The savable part of a state (its pytree leaves, grouped by field)."""
+    return {name: getattr(state, name) for name in ARRAY_FIELDS}
+
+
+class Checkpointer:
+    """Saves every call to `save`, keeps the latest one plus the best `keep_best` by `monitor`.
+
+    `mode` is 'min' (e.g. valid_loss) or 'max' (e.g. accuracy). Checkpoints saved without
+    metrics (mid-epoch saves) are kept only while they are the latest.
+    """
+
+    def __init__(self, directory: str | Path, monitor: str | None = None, mode: str = "min", keep_best: int = 1):
+        if mode not in ("min", "max"):
+            raise ValueError(f"checkpoint mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        keep = [policies.LatestN(n=1)]
+        if monitor is not None and keep_best > 0:
+            keep.append(
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics[monitor],
+                    reverse=(mode == "min"),
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            enable_async_checkpointing=False,
+            create=True,
+        )
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, state: TrainState, meta: dict, metrics: dict | None = None) -> int:
+        """Write a checkpoint at the state's step; returns the step."""
+        step = int(jax.device_get(state.step))
+        if metrics is not None and self.monitor is not None:
+            value = metrics.get(self.monitor)
+            if value is None or not math.isfinite(value):
+                metrics = None  # unrankable: keep it only as the latest
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state_arrays(state)), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics if self.monitor is not None else None,
+            force=True,
+        )
+        self._manager.wait_until_finished()
+        return step
+
+    def read_meta(self, step: int | None = None) -> dict | None:
+        """The JSON meta of checkpoint `step` (default latest), or None when there is none."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """Restore checkpoint `step` (default latest) into the structure and shardings of `target`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(target))
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+        )
+        return target.replace(**restored["state"]), restored["meta"]
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,102 @@
+"""The experiment contract shared by every `experiments/` module.
+
+- settings come from one frozen dataclass per experiment, shown by `--help` with
+  their defaults; `--tiny` starts from the experiment's tiny variant (for tests);
+- `--workdir DIR` receives checkpoints, history.csv, PNG plots, `config.json` and
+  `metrics.json` (`{"final": ..., "config": ..., "seconds": ...}`); rerunning the same
+  command resumes, and a different config in the same workdir is refused;
+- the last line printed sums up the final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import tyro
+
+from jaxfast.data.download import DatasetUnavailable
+from jaxfast.learner import TrainingDiverged
+
+ConfigT = TypeVar("ConfigT")
+
+TINY_FLAG = "--tiny"
+
+
+class ConfigMismatch(RuntimeError):
+    """The workdir holds a run made with other settings."""
+
+
+def parse_config(default: ConfigT, tiny: ConfigT, args: Sequence[str] | None = None, description: str = "") -> ConfigT:
+    """Parse the command line over `default` (or over `tiny` when --tiny is given)."""
+    args = list(sys.argv[1:] if args is None else args)
+    base = default
+    if TINY_FLAG in args:
+        args.remove(TINY_FLAG)
+        base = tiny
+    description = (description or (type(default).__doc__ or "")).strip()
+    description += f"\n\n{TINY_FLAG}: start from the tiny variant (seconds on a CPU; used by the tests)."
+    return tyro.cli(type(default), default=base, args=args, description=description)
+
+
+def config_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir", "progress")) -> None:
+    """Write config.json, or refuse when the workdir already holds a different one."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {
+            key: (old.get(key), config.get(key))
+            for key in sorted(set(old) | set(config))
+            if key not in ignore and old.get(key) != config.get(key)
+        }
+        if diff:
+            details = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigMismatch(
+                f"{workdir} holds a run with a different config ({details}); "
+                "use another --workdir, or delete that folder to start over"
+            )
+        return
+    write_json_atomic(path, config)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(data, tmp, indent=2, default=float)
+    os.replace(tmp.name, path)
+
+
+def summary_line(final: dict, seconds: float) -> str:
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()]
+    return f"final: {' '.join(parts)} ({seconds:.1f} s)"
+
+
+def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, args: Sequence[str] | None = None) -> dict:
+    """Parse the config, prepare the workdir, call `main(config, workdir)`, record and print the final metrics.
+
+    `main` returns the final metrics (a flat dict of numbers). Known failures (dataset
+    unavailable, diverged loss, bad config or input) end with a one-line message and exit 2.
+    """
+    config = parse_config(default, tiny, args)
+    workdir = Path(getattr(config, "workdir") or Path("runs") / type(config).__module__.split(".")[-1])
+    start = time.time()
+    try:
+        check_workdir(workdir, config_dict(config))
+        final = main(config, workdir)
+    except (DatasetUnavailable, TrainingDiverged, ConfigMismatch, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    seconds = time.time() - start
+    write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
+    print(summary_line(final, seconds), flush=True)
+    return final

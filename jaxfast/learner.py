@@ -1,0 +1,458 @@
+"""fastai's Learner ideas on a pure JAX core: fit, fit_one_cycle, fine_tune, lr_find,
+freeze/unfreeze with layer groups and discriminative rates.
+
+The Learner only orchestrates: it builds an Optax optimizer for each `fit*` call (a
+"phase"), moves the state to devices through a `Runner` (jaxfast.parallel), feeds
+batches to the jitted pure `train_step`, and does the host-side work around it:
+progress bar, epoch table, recorder, checkpoints, early stopping.
+
+Resume: with a `workdir`, every epoch end (and optionally every N steps) writes a
+checkpoint whose meta says which phase, epoch and batch it was taken at. A rerun of
+the same script replays its `fit*` calls: phases that already finished are skipped,
+the phase in progress is restored and continues at the exact batch. Data order and
+dropout keys depend only on (seed, epoch) and (seed, step), so the result is the
+same as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxfast import optim
+from jaxfast.checkpoint import Checkpointer
+from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.losses import get_loss
+from jaxfast.metrics import add_stats, finalize_all, get_metrics
+from jaxfast.parallel import make_runner
+from jaxfast.recorder import Recorder, format_header, format_row
+from jaxfast.state import Task, TrainState, create_train_state
+from jaxfast.steps import loss_and_outputs_step, predict_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroups:
+    """How an architecture's parameters split into groups (fastai's layer_groups).
+
+    `group_of_path` maps a parameter path (tuple of names) to a group index in
+    range(n_groups); the body comes first, the head last.
+    """
+
+    n_groups: int
+    group_of_path: Callable[[tuple[str, ...]], int]
+
+
+SINGLE_GROUP = LayerGroups(1, lambda path: 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Options of the training loop (not of the experiment)."""
+
+    opt: str = "adam"  # 'adam' (AdamW, decoupled wd) or 'sgd' (with momentum)
+    wd: float = 1e-2
+    beta2: float = 0.99
+    eps: float = 1e-5
+    clip: float | None = None  # global-norm gradient clipping
+    mixed_precision: bool = False  # bf16 compute, fp32 master weights
+    parallel: str = "auto"  # auto | single | mesh | pmap
+    seed: int = 0
+    monitor: str = "valid_loss"  # for keep-best checkpoints and early stopping
+    monitor_mode: str = "min"
+    keep_best: int = 1
+    checkpoint_every_steps: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
+    progress: bool = True
+    train_bn: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LRFindResult:
+    lrs: list
+    losses: list  # smoothed
+    lr_min: float  # lr at the minimum smoothed loss, divided by 10
+    lr_steep: float  # lr where the smoothed loss falls fastest
+
+
+class Learner:
+    """Model + data + loss + metrics, trained by phases of pure jitted steps."""
+
+    def __init__(
+        self,
+        model,
+        data: DataBunch,
+        loss: str | Callable = "cross_entropy",
+        metrics: Sequence[str] = (),
+        *,
+        layer_groups: LayerGroups = SINGLE_GROUP,
+        config: TrainConfig = TrainConfig(),
+        workdir: str | Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.model, self.data, self.config, self.log = model, data, config, log
+        self.workdir = Path(workdir) if workdir is not None else None
+        loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+        task = Task(loss_fn, get_metrics(metrics), "bfloat16" if config.mixed_precision else "float32")
+        self.metric_names = [m.name for m in task.metrics]
+        self.runner = make_runner(config.parallel)
+        for loader in [data.train, *data.eval_splits().values()]:
+            self.runner.check_batch_size(loader.batch_size)
+        self.state = create_train_state(model, data.train.sample_inputs(), optim_placeholder(), task, config.seed)
+        self.layer_groups = layer_groups
+        self.group_labels = optim.label_layer_groups(self.state.params, layer_groups.group_of_path, layer_groups.n_groups)
+        self.n_frozen = 0
+        self.recorder = Recorder()
+        self._phase = 0
+        self.checkpointer = None
+        self._resume_meta = None
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.checkpointer = Checkpointer(
+                self.workdir / "checkpoints", config.monitor, config.monitor_mode, config.keep_best
+            )
+            self._resume_meta = self.checkpointer.read_meta()
+            if self._resume_meta is not None:
+                self.log(
+                    f"resuming from checkpoint at step {self.checkpointer.latest_step()} "
+                    f"(phase {self._resume_meta['phase']}, epoch {self._resume_meta['epoch']}, "
+                    f"batch {self._resume_meta['batch']}) in {self.checkpointer.directory}"
+                )
+
+    # ---- freezing -----------------------------------------------------------------
+    @property
+    def n_groups(self) -> int:
+        return self.layer_groups.n_groups
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze groups [0, n) (negative n counts from the end), BatchNorm stays trainable."""
+        n = n if n >= 0 else self.n_groups + n
+        if not 0 <= n <= self.n_groups:
+            raise ValueError(f"freeze_to({n}) is out of range for {self.n_groups} layer groups")
+        self.n_frozen = n
+
+    def freeze(self) -> None:
+        """Train only the last group (the head)."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        self.freeze_to(0)
+
+    @property
+    def resuming(self) -> bool:
+        """True while a checkpoint from an earlier run is still to be picked up."""
+        return self._resume_meta is not None
+
+    # ---- optimizers -----------------------------------------------------------------
+    def _optimizer(self, lrs: list, moms, wd: float | None = None):
+        return optim.make_optimizer(
+            self.state.params, self.state.batch_stats, self.group_labels,
+            lrs=lrs, opt=self.config.opt, moms=moms, beta2=self.config.beta2, eps=self.config.eps,
+            wd=self.config.wd if wd is None else wd, n_frozen_groups=self.n_frozen,
+            train_bn=self.config.train_bn, clip_norm=self.config.clip,
+        )
+
+    # ---- public training API ----------------------------------------------------------
+    def fit(self, n_epochs: int, lr: float | slice = 3e-3, wd: float | None = None, mom: float = 0.9) -> None:
+        """Train at a constant learning rate (per group when `lr` is a slice)."""
+        lrs = optim.discriminative_lrs(lr, self.n_groups)
+        self._run_phase(n_epochs, lrs, mom, wd)
+
+    def fit_one_cycle(
+        self, n_epochs: int, lr_max: float | slice = 3e-3, *, moms=(0.95, 0.85), div: float = 25.0,
+        pct_start: float = 0.3, final_div: float = 1e4, wd: float | None = None,
+    ) -> None:
+        """fastai's one-cycle policy: lr warms up then anneals, momentum does the opposite."""
+        total = n_epochs * len(self.data.train)
+        lrs = [
+            optim.one_cycle_lr(lr, total, pct_start=pct_start, div=div, final_div=final_div)
+            for lr in optim.discriminative_lrs(lr_max, self.n_groups)
+        ]
+        self._run_phase(n_epochs, lrs, optim.one_cycle_momentum(total, pct_start, moms), wd)
+
+    def fine_tune(
+        self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+        pct_start: float = 0.3, div: float = 5.0,
+    ) -> None:
+        """fastai's transfer-learning recipe: train the head frozen, then all groups with
+        discriminative rates from base_lr/lr_mult to base_lr."""
+        self.freeze()
+        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div)
+
+    def lr_find(
+        self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
+        plot_path: str | Path | None = None,
+    ) -> LRFindResult:
+        """fastai's LR range test: lr grows exponentially from start_lr to end_lr over num_it
+        steps, stopping once the smoothed loss exceeds 4x its minimum. The learner's state
+        is untouched (steps run on a copy), so nothing needs saving or restoring."""
+        if num_it < 2 or not 0 < start_lr < end_lr:
+            raise ValueError(f"lr_find needs num_it >= 2 and 0 < start_lr < end_lr, got {num_it}, {start_lr}, {end_lr}")
+        ratio = end_lr / start_lr
+
+        def schedule(count):
+            return start_lr * ratio ** (jnp.minimum(count, num_it - 1) / (num_it - 1))
+
+        tx = self._optimizer([schedule] * self.n_groups, 0.9)
+        dstate = self.runner.put_state(_copy(self.state.with_optimizer(tx)))
+        lrs, smoothed, avg, best = [], [], 0.0, math.inf
+        epoch = 0
+        while len(lrs) < num_it:
+            for batch in self.data.train.batches(epoch):
+                dstate, metrics = self.runner.train_step(dstate, self.runner.put_batch(batch))
+                metrics = self.runner.get_metrics(metrics)
+                loss = float(metrics["loss"]["sum"] / max(metrics["loss"]["count"], 1.0))
+                i = len(lrs)
+                lrs.append(float(schedule(i)))
+                avg = 0.98 * avg + 0.02 * loss
+                smooth = avg / (1 - 0.98 ** (i + 1))
+                smoothed.append(smooth)
+                best = min(best, smooth)
+                if len(lrs) >= num_it or (stop_div and (not math.isfinite(smooth) or smooth > 4 * best)):
+                    break
+            else:
+                epoch += 1
+                continue
+            break
+        result = _lr_suggestions(lrs, smoothed)
+        path = plot_path or (self.workdir / "lr_find.png" if self.workdir is not None else None)
+        if path is not None:
+            _plot_lr_find(result, path)
+        self.log(f"lr_find: min/10 {result.lr_min:.2e}, steepest {result.lr_steep:.2e}")
+        return result
+
+    # ---- evaluation and inference -------------------------------------------------------
+    def validate(self, loader: ArrayLoader | None = None) -> dict:
+        """Loss and metrics on `loader` (default: the validation split)."""
+        loader = loader if loader is not None else self.data.valid
+        if loader is None:
+            raise ValueError("validate: no loader given and the data has no validation split")
+        return self._evaluate(self.runner.put_state(self.state), loader)
+
+    def evaluate_all(self) -> dict:
+        """Every evaluation split (valid, test, ...) as {'<split>_<metric>': value}."""
+        out = {}
+        for split, loader in self.data.eval_splits().items():
+            for name, value in self.validate(loader).items():
+                out[f"{split}_{name}"] = value
+        return out
+
+    def get_preds(self, loader: ArrayLoader | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outputs, targets, per-example losses) of every real row of `loader`, in order."""
+        loader = loader if loader is not None else self.data.valid
+        step = jax.jit(loss_and_outputs_step)
+        outputs, targets, losses = [], [], []
+        for batch in loader.batches(0):
+            real = batch["mask"] > 0
+            loss, out = step(self.state, batch)
+            outputs.append(np.asarray(out)[real])
+            losses.append(np.asarray(loss)[real])
+            targets.append(np.asarray(batch["targets"])[real])
+        return np.concatenate(outputs), np.concatenate(targets), np.concatenate(losses)
+
+    def predict(self, inputs) -> np.ndarray:
+        """Model outputs for a batch of inputs (any leading size)."""
+        return np.asarray(jax.jit(predict_step)(self.state, inputs))
+
+    def export(self, path: str | Path, arch: str, arch_config: dict, meta: dict | None = None) -> Path:
+        """Write an inference export (see jaxfast.export) of the current weights."""
+        from jaxfast.export import export_model
+
+        return export_model(path, arch, arch_config, self.state.variables(), meta or {})
+
+    # ---- the loop ----------------------------------------------------------------------
+    def _run_phase(self, n_epochs: int, lrs: list, moms, wd: float | None) -> None:
+        if n_epochs < 0:
+            raise ValueError(f"n_epochs must be >= 0, got {n_epochs}")
+        phase, self._phase = self._phase, self._phase + 1
+        state = self.state.with_optimizer(self._optimizer(lrs, moms, wd))
+        start_epoch, start_batch, partial = 0, 0, (0.0, 0.0)
+        meta = self._resume_meta
+        if meta is not None:
+            if meta["phase"] > phase:
+                return  # finished in an earlier run; the checkpoint is restored in a later phase
+            state, meta = self.checkpointer.restore(state)
+            self.recorder = Recorder.from_dict(meta["recorder"])
+            start_epoch, start_batch = meta["epoch"], meta["batch"]
+            partial = tuple(meta["partial_loss"])
+            self._resume_meta = None
+        if start_epoch >= n_epochs:
+            self.state = state
+            return
+        train = self.data.train
+        runner = self.runner
+        dstate = runner.put_state(_copy(state))
+        columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
+        self.log(format_header(columns))
+        best, bad_epochs = None, 0
+        for epoch in range(start_epoch, n_epochs):
+            t0 = time.time()
+            data_epoch = self.recorder.n_epochs
+            loss_sum, loss_count = partial if epoch == start_epoch else (0.0, 0.0)
+            first = start_batch if epoch == start_epoch else 0
+            bar = tqdm(
+                total=len(train), initial=first, disable=not self.config.progress, leave=False,
+                desc=f"epoch {data_epoch}", dynamic_ncols=True,
+            )
+            sums = [loss_sum, loss_count]
+
+            def record(b: int, device_metrics) -> None:
+                metrics = runner.get_metrics(device_metrics)
+                loss = float(metrics["loss"]["sum"] / max(metrics["loss"]["count"], 1.0))
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(self._diverged_message(loss, data_epoch, b))
+                sums[0] += float(metrics["loss"]["sum"])
+                sums[1] += float(metrics["loss"]["count"])
+                self.recorder.add_step(loss, *self._hyperparams(lrs, moms, epoch * len(train) + b))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+            # On CPU every step is waited on (see jaxfast.parallel); elsewhere step t's
+            # metrics are read after step t+1 is dispatched, so the device never idles.
+            pending = None
+            for b, batch in enumerate(train.batches(data_epoch, start=first), start=first):
+                dstate, device_metrics = runner.train_step(dstate, runner.put_batch(batch))
+                if pending is not None:
+                    record(*pending)
+                pending = (b, device_metrics)
+                if runner.sync_each_step:
+                    record(*pending)
+                    pending = None
+                every = self.config.checkpoint_every_steps
+                if every and self.checkpointer and (len(self.recorder.losses) + (pending is not None)) % every == 0 \
+                        and b + 1 < len(train):
+                    if pending is not None:
+                        record(*pending)
+                        pending = None
+                    self._save(dstate, phase, epoch, b + 1, tuple(sums))
+            if pending is not None:
+                record(*pending)
+            loss_sum, loss_count = sums
+            bar.close()
+            row = {"epoch": data_epoch, "train_loss": loss_sum / max(loss_count, 1.0)}
+            if self.data.valid is not None:
+                results = self._evaluate(dstate, self.data.valid)
+                row["valid_loss"] = results.pop("loss")
+                row.update(results)
+            row["time"] = time.time() - t0
+            row["step"] = len(self.recorder.losses)
+            self.recorder.add_epoch(row)
+            self.log(format_row(row, columns))
+            stop = self._early_stop(row, best, bad_epochs)
+            best, bad_epochs, stop_now = stop
+            self._save(dstate, phase, n_epochs if stop_now else epoch + 1, 0, (0.0, 0.0), metrics=row)
+            if self.workdir is not None:
+                self.recorder.write_csv(self.workdir / "history.csv")
+            if stop_now:
+                self.log(f"early stopping: {self.config.monitor} did not improve for {bad_epochs} epochs")
+                break
+        self.state = runner.get_state(dstate)
+        if self.workdir is not None:
+            self.recorder.plot_losses(self.workdir / "losses.png")
+            self.recorder.plot_schedule(self.workdir / "schedule.png")
+
+    def _evaluate(self, dstate, loader: ArrayLoader) -> dict:
+        """Loss and metrics of `loader` with the device state `dstate`."""
+        stats = None
+        for batch in loader.batches(0):
+            metrics = self.runner.eval_step(dstate, self.runner.put_batch(batch))
+            stats = add_stats(stats, self.runner.get_metrics(metrics) if self.runner.sync_each_step else metrics)
+        stats = jax.tree.map(np.asarray, jax.device_get(stats))
+        loss = stats.pop("loss")
+        results = {"loss": float(loss["sum"] / max(float(loss["count"]), 1.0))}
+        results.update(finalize_all(self.state.task.metrics, stats))
+        return results
+
+    def _hyperparams(self, lrs, moms, step_in_phase: int) -> tuple[float, float]:
+        lr = optim.current_lrs(lrs, step_in_phase)[-1]
+        mom = float(moms(step_in_phase)) if callable(moms) else float(moms)
+        return lr, mom
+
+    def _early_stop(self, row: dict, best, bad_epochs: int):
+        patience = self.config.early_stopping_patience
+        value = row.get(self.config.monitor)
+        if patience is None or value is None:
+            return best, bad_epochs, False
+        sign = 1.0 if self.config.monitor_mode == "min" else -1.0
+        if best is None or sign * (best - value) > self.config.early_stopping_min_delta:
+            return value, 0, False
+        return best, bad_epochs + 1, bad_epochs + 1 >= patience
+
+    def _save(self, dstate, phase: int, epoch: int, batch: int, partial: tuple, metrics: dict | None = None) -> None:
+        if self.checkpointer is None:
+            return
+        meta = {
+            "phase": phase, "epoch": epoch, "batch": batch, "partial_loss": list(partial),
+            "recorder": self.recorder.to_dict(),
+        }
+        self.checkpointer.save(self.runner.get_state(dstate), meta, metrics)
+
+    def _diverged_message(self, loss: float, epoch: int, batch: int) -> str:
+        where = f"loss became {loss} at epoch {epoch}, batch {batch}"
+        if self.checkpointer is None or self.checkpointer.latest_step() is None:
+            return f"{where}; no checkpoint was written (lower the learning rate?)"
+        return (
+            f"{where}; training stopped, the last good checkpoint (step {self.checkpointer.latest_step()}) "
+            f"is kept in {self.checkpointer.directory} (lower the learning rate?)"
+        )
+
+
+def _lr_suggestions(lrs: list, smoothed: list) -> LRFindResult:
+    """fastai v1's suggestions: the minimum loss lr / 10, and the steepest descent."""
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    if not finite:
+        raise TrainingDiverged("lr_find: the loss was not finite at any learning rate")
+    i_min = min(finite, key=lambda i: smoothed[i])
+    lo, hi = (10, len(smoothed) - 5) if len(smoothed) > 20 else (0, len(smoothed))
+    window = [i for i in range(lo, hi) if i in set(finite)]
+    if len(window) >= 2:
+        logs = np.log([lrs[i] for i in window])
+        slopes = np.gradient(np.array([smoothed[i] for i in window]), logs)
+        i_steep = window[int(np.argmin(slopes))]
+    else:
+        i_steep = i_min
+    return LRFindResult(list(lrs), list(smoothed), lrs[i_min] / 10, lrs[i_steep])
+
+
+def _plot_lr_find(result: LRFindResult, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.lrs, result.losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.axvline(result.lr_min, color="C1", ls="--", label=f"min/10 {result.lr_min:.1e}")
+    ax.axvline(result.lr_steep, color="C2", ls=":", label=f"steepest {result.lr_steep:.1e}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def optim_placeholder():
+    """The optimizer of a state before its first phase: identity, no statistics."""
+    import optax
+
+    return optax.identity()
+
+
+def _copy(tree):
+    """A copy with fresh buffers, so that donating it never invalidates `tree`."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)

@@ -1,0 +1,110 @@
+"""Pure train/eval/predict steps: `(state, batch) -> (state, metrics)`.
+
+A batch is a dict: `inputs` (any pytree the model takes), `targets`, and `mask`
+(float [B], 1 for real rows and 0 for padding). Metrics come back as sums and
+counts, so padded batches and several devices add up exactly.
+
+The same functions run on one device under `jit`, under `jit` with a sharded
+batch (XLA inserts the collectives), and under `pmap` when `axis_name` is given
+(gradients and counts are summed over the named axis, BatchNorm statistics
+averaged). See `jaxfast.parallel` for where that choice is made.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxfast.metrics import accumulate_all
+from jaxfast.state import TrainState
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
+    """Per-step dropout key: fold_in(base, step), so a resumed run draws the same keys."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    return rng
+
+
+def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
+    """Run the model; returns (float32 outputs, new batch_stats)."""
+    dtype = jnp.dtype(state.task.compute_dtype)
+    if dtype != jnp.float32:
+        params = _cast_floats(params, dtype)
+        inputs = _cast_floats(inputs, dtype)
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    if train and state.batch_stats:
+        outputs, updates = state.apply_fn(
+            variables, inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
+        new_stats = updates["batch_stats"]
+    else:
+        rngs = {"dropout": rng} if train else {}
+        outputs = state.apply_fn(variables, inputs, train=train, rngs=rngs)
+        new_stats = state.batch_stats
+    return _cast_floats(outputs, jnp.float32), new_stats
+
+
+def _sum_over(tree, axis_name):
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch`; returns the new state and {'loss': {'sum', 'count'}}."""
+    mask = batch["mask"].astype(jnp.float32)
+    count = mask.sum()
+    global_count = jnp.maximum(_sum_over(count, axis_name), 1.0)
+    rng = _step_rng(state, axis_name)
+
+    def loss_fn(params):
+        outputs, new_stats = _forward(state, params, batch["inputs"], train=True, rng=rng)
+        loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
+        # Dividing by the GLOBAL count makes summed per-device gradients equal the
+        # gradient of the global mean, whatever the split.
+        return loss_sum / global_count, (loss_sum, new_stats)
+
+    grads, (loss_sum, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.psum(grads, axis_name)
+        new_stats = jax.lax.pmean(new_stats, axis_name)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=new_stats,
+        opt_state=opt_state,
+    )
+    metrics = {"loss": {"sum": loss_sum, "count": count}, "grad_norm": optax.global_norm(grads)}
+    if axis_name is not None:
+        metrics["loss"] = _sum_over(metrics["loss"], axis_name)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> dict:
+    """Loss and metric sums on `batch` with the model in inference mode."""
+    mask = batch["mask"].astype(jnp.float32)
+    outputs, _ = _forward(state, state.params, batch["inputs"], train=False)
+    loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
+    metrics = {"loss": {"sum": loss_sum, "count": mask.sum()}}
+    metrics.update(accumulate_all(state.task.metrics, outputs, batch["targets"], mask))
+    return _sum_over(metrics, axis_name)
+
+
+def predict_step(state: TrainState, inputs) -> jax.Array:
+    """Model outputs (float32) in inference mode."""
+    outputs, _ = _forward(state, state.params, inputs, train=False)
+    return outputs
+
+
+def loss_and_outputs_step(state: TrainState, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Per-example losses and outputs (for interpretation: top losses, confusion)."""
+    outputs, _ = _forward(state, state.params, batch["inputs"], train=False)
+    return state.task.loss(outputs, batch["targets"]), outputs
