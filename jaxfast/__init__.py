@@ -1,0 +1,1 @@
+"""jaxfast: the fastai course v3 rebuilt on JAX, Flax and Optax."""

@@ -1,0 +1,124 @@
+"""Per-example loss functions.
+
+Every loss returns an array of shape [B]: all non-batch axes are reduced by
+their mean, so a [B, T] language-model loss or a [B, H, W] segmentation loss
+comes back as one number per example. Keeping the batch axis lets the training
+loop weight rows by a padding mask before reducing. All functions are pure
+jnp and jit-safe; shape checks run at trace time (shapes are static) and
+raise ValueError naming the offending shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _mean_over_non_batch_axes(values: jax.Array) -> jax.Array:
+    """Reduce every axis except the leading batch axis by its mean."""
+    return jnp.mean(values, axis=tuple(range(1, values.ndim)))
+
+
+def _check_class_logits(name: str, logits: jax.Array, targets: jax.Array) -> None:
+    """Logits must be [B, ..., C] with integer targets [B, ...]."""
+    if logits.ndim < 2:
+        raise ValueError(
+            f"{name}: logits shape {tuple(logits.shape)} needs a batch axis and a class axis")
+    if tuple(logits.shape[:-1]) != tuple(targets.shape):
+        raise ValueError(
+            f"{name}: logits shape {tuple(logits.shape)} and targets shape "
+            f"{tuple(targets.shape)} disagree on the leading axes")
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(
+            f"{name}: targets must be integer class indices, got dtype {targets.dtype}")
+
+
+def _token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Unreduced cross entropy in float32 (bf16 logits lose too much precision)."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), targets)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Softmax cross entropy with integer targets, averaged per example -> [B]."""
+    _check_class_logits("cross_entropy", logits, targets)
+    return _mean_over_non_batch_axes(_token_cross_entropy(logits, targets))
+
+
+def cross_entropy_ignore(logits: jax.Array, targets: jax.Array, ignore_index: int) -> jax.Array:
+    """Cross entropy that skips positions whose target is ``ignore_index`` -> [B].
+
+    Each example's loss is the mean over its non-ignored positions, and 0 when
+    every position is ignored (so a fully-void example adds no gradient).
+    """
+    _check_class_logits("cross_entropy_ignore", logits, targets)
+    keep = targets != ignore_index
+    # ignore_index may be out of range (e.g. 255 or -100); give optax a valid label.
+    safe_targets = jnp.where(keep, targets, 0)
+    losses = jnp.where(keep, _token_cross_entropy(logits, safe_targets), 0.0)
+    axes = tuple(range(1, losses.ndim))
+    kept_count = jnp.sum(keep, axis=axes).astype(jnp.float32)
+    return jnp.sum(losses, axis=axes) / jnp.maximum(kept_count, 1.0)
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Multi-label sigmoid cross entropy on [B, C] logits and 0/1 targets -> [B]."""
+    if logits.ndim < 2 or tuple(logits.shape) != tuple(targets.shape):
+        raise ValueError(
+            f"binary_cross_entropy: logits shape {tuple(logits.shape)} and targets shape "
+            f"{tuple(targets.shape)} must be equal and at least [B, C]")
+    losses = optax.sigmoid_binary_cross_entropy(
+        logits.astype(jnp.float32), targets.astype(jnp.float32))
+    return _mean_over_non_batch_axes(losses)
+
+
+def align_regression_shapes(name: str, preds: jax.Array, targets: jax.Array) -> jax.Array:
+    """Drop a trailing size-1 axis of ``preds`` (a [B, 1] head vs [B] targets).
+
+    Returns the (possibly squeezed) preds; raises ValueError naming both shapes
+    when they still disagree, instead of silently broadcasting [B, 1] - [B]
+    into a [B, B] matrix.
+    """
+    if preds.ndim == targets.ndim + 1 and preds.shape[-1] == 1:
+        preds = preds[..., 0]
+    if tuple(preds.shape) != tuple(targets.shape) or preds.ndim == 0:
+        raise ValueError(
+            f"{name}: preds shape {tuple(preds.shape)} and targets shape "
+            f"{tuple(targets.shape)} do not match")
+    return preds
+
+
+def mse(preds: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean squared error per example -> [B]."""
+    preds = align_regression_shapes("mse", preds, targets)
+    diff = preds.astype(jnp.float32) - targets.astype(jnp.float32)
+    return _mean_over_non_batch_axes(diff * diff)
+
+
+def l1(preds: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean absolute error per example -> [B]."""
+    preds = align_regression_shapes("l1", preds, targets)
+    diff = preds.astype(jnp.float32) - targets.astype(jnp.float32)
+    return _mean_over_non_batch_axes(jnp.abs(diff))
+
+
+LOSSES: dict[str, LossFn] = {
+    "cross_entropy": cross_entropy,
+    "binary_cross_entropy": binary_cross_entropy,
+    "mse": mse,
+    "l1": l1,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """Look a loss up by its config name."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}") from None
