@@ -1,0 +1,1 @@
+"""One runnable module per lesson: `python -m experiments.<name> --help`."""

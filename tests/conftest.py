@@ -1,0 +1,43 @@
+"""Shared fixtures: where the real datasets live, and small fake data."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of ../shared/data/NAME, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data set {path} is absent (it lives beside the repo in ../shared/data)")
+    return path
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an idx file (gzipped when the name ends in .gz)."""
+    magic = 2051 if array.ndim == 3 else 2049
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist_dir(tmp_path) -> Path:
+    """A test-set-only MNIST folder of 800 learnable fake digits (class = bright stripe row)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=800)
+    images = rng.integers(0, 60, size=(800, 28, 28))
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, :] = 255
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels)
+    return folder
