@@ -294,9 +294,22 @@ class Learner:
         if start_epoch >= n_epochs:
             self.state = state
             return
-        train = self.data.train
         runner = self.runner
         dstate = runner.put_state(_copy(state))
+        try:
+            dstate = self._epochs(phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms)
+        except TrainingDiverged:
+            if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
+                self.state, _ = self.checkpointer.restore(state)
+            raise
+        self.state = runner.get_state(dstate)
+        if self.workdir is not None:
+            self.recorder.plot_losses(self.workdir / "losses.png")
+            self.recorder.plot_schedule(self.workdir / "schedule.png")
+
+    def _epochs(self, phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms):
+        """The epochs of one phase, from (start_epoch, start_batch); returns the device state."""
+        train, runner = self.data.train, self.runner
         columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
         self.log(format_header(columns))
         best, bad_epochs = None, 0
@@ -362,10 +375,7 @@ class Learner:
             if stop_now:
                 self.log(f"early stopping: {self.config.monitor} did not improve for {bad_epochs} epochs")
                 break
-        self.state = runner.get_state(dstate)
-        if self.workdir is not None:
-            self.recorder.plot_losses(self.workdir / "losses.png")
-            self.recorder.plot_schedule(self.workdir / "schedule.png")
+        return dstate
 
     def _evaluate(self, dstate, loader: ArrayLoader) -> dict:
         """Loss and metrics of `loader` with the device state `dstate`."""

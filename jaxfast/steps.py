@@ -82,7 +82,7 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
         batch_stats=new_stats,
         opt_state=opt_state,
     )
-    metrics = {"loss": {"sum": loss_sum, "count": count}, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": {"sum": loss_sum, "count": count}, "grad_norm": optax.tree.norm(grads)}
     if axis_name is not None:
         metrics["loss"] = _sum_over(metrics["loss"], axis_name)
     return new_state, metrics
