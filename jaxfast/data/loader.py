@@ -10,7 +10,7 @@ run resumed from a mid-epoch checkpoint continues exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import jax
 import numpy as np
@@ -21,6 +21,25 @@ def _leading_size(tree) -> int:
     if len(sizes) != 1:
         raise ValueError(f"inputs and targets disagree on the number of rows: {sorted(sizes)}")
     return sizes.pop()
+
+
+class Loader(Protocol):
+    """What the Learner needs from a data source (ArrayLoader, or a tf.data pipeline).
+
+    `batches(epoch, start)` must be deterministic in (epoch, start) for exact resume,
+    and every batch must have `batch_size` rows: {'inputs', 'targets', 'mask'}.
+    """
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict]: ...
+
+    def sample_inputs(self) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +107,8 @@ class ArrayLoader:
 class DataBunch:
     """A training loader, a validation loader and any extra evaluated splits (e.g. test)."""
 
-    train: ArrayLoader
-    valid: ArrayLoader | None = None
+    train: Loader
+    valid: Loader | None = None
     extra: dict = dataclasses.field(default_factory=dict)
 
     def eval_splits(self) -> dict:
