@@ -22,7 +22,7 @@ from typing import Callable, Sequence, TypeVar
 import tyro
 
 from jaxfast.data.download import DatasetUnavailable
-from jaxfast.learner import TrainingDiverged
+from jaxfast.errors import TrainingDiverged
 
 ConfigT = TypeVar("ConfigT")
 

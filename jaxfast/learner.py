@@ -23,23 +23,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxfast import optim
 from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.errors import TrainingDiverged
 from jaxfast.losses import get_loss
+from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
 from jaxfast.metrics import add_stats, finalize_all, get_metrics
 from jaxfast.parallel import make_runner
 from jaxfast.recorder import Recorder, format_header, format_row
-from jaxfast.state import Task, TrainState, create_train_state
+from jaxfast.state import Task, copy_tree, create_train_state
 from jaxfast.steps import loss_and_outputs_step, predict_step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +74,6 @@ class TrainConfig:
     early_stopping_min_delta: float = 0.0
     progress: bool = True
     train_bn: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class LRFindResult:
-    lrs: list
-    losses: list  # smoothed
-    lr_min: float  # lr at the minimum smoothed loss, divided by 10
-    lr_steep: float  # lr where the smoothed loss falls fastest
 
 
 class Learner:
@@ -198,41 +187,11 @@ class Learner:
         self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
         plot_path: str | Path | None = None,
     ) -> LRFindResult:
-        """fastai's LR range test: lr grows exponentially from start_lr to end_lr over num_it
-        steps, stopping once the smoothed loss exceeds 4x its minimum. The learner's state
-        is untouched (steps run on a copy), so nothing needs saving or restoring."""
-        if num_it < 2 or not 0 < start_lr < end_lr:
-            raise ValueError(f"lr_find needs num_it >= 2 and 0 < start_lr < end_lr, got {num_it}, {start_lr}, {end_lr}")
-        ratio = end_lr / start_lr
-
-        def schedule(count):
-            return start_lr * ratio ** (jnp.minimum(count, num_it - 1) / (num_it - 1))
-
-        tx = self._optimizer([schedule] * self.n_groups, 0.9)
-        dstate = self.runner.put_state(_copy(self.state.with_optimizer(tx)))
-        lrs, smoothed, avg, best = [], [], 0.0, math.inf
-        epoch = 0
-        while len(lrs) < num_it:
-            for batch in self.data.train.batches(epoch):
-                dstate, metrics = self.runner.train_step(dstate, self.runner.put_batch(batch))
-                metrics = self.runner.get_metrics(metrics)
-                loss = float(metrics["loss"]["sum"] / max(metrics["loss"]["count"], 1.0))
-                i = len(lrs)
-                lrs.append(float(schedule(i)))
-                avg = 0.98 * avg + 0.02 * loss
-                smooth = avg / (1 - 0.98 ** (i + 1))
-                smoothed.append(smooth)
-                best = min(best, smooth)
-                if len(lrs) >= num_it or (stop_div and (not math.isfinite(smooth) or smooth > 4 * best)):
-                    break
-            else:
-                epoch += 1
-                continue
-            break
-        result = _lr_suggestions(lrs, smoothed)
+        """fastai's LR range test (see jaxfast.lr_finder); the learner's state is untouched."""
+        result = lr_find(self, start_lr, end_lr, num_it, stop_div)
         path = plot_path or (self.workdir / "lr_find.png" if self.workdir is not None else None)
         if path is not None:
-            _plot_lr_find(result, path)
+            plot_lr_find(result, path)
         self.log(f"lr_find: min/10 {result.lr_min:.2e}, steepest {result.lr_steep:.2e}")
         return result
 
@@ -295,7 +254,7 @@ class Learner:
             self.state = state
             return
         runner = self.runner
-        dstate = runner.put_state(_copy(state))
+        dstate = runner.put_state(copy_tree(state))
         try:
             dstate = self._epochs(phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms)
         except TrainingDiverged:
@@ -423,46 +382,9 @@ class Learner:
         )
 
 
-def _lr_suggestions(lrs: list, smoothed: list) -> LRFindResult:
-    """fastai v1's suggestions: the minimum loss lr / 10, and the steepest descent."""
-    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
-    if not finite:
-        raise TrainingDiverged("lr_find: the loss was not finite at any learning rate")
-    i_min = min(finite, key=lambda i: smoothed[i])
-    lo, hi = (10, len(smoothed) - 5) if len(smoothed) > 20 else (0, len(smoothed))
-    window = [i for i in range(lo, hi) if i in set(finite)]
-    if len(window) >= 2:
-        logs = np.log([lrs[i] for i in window])
-        slopes = np.gradient(np.array([smoothed[i] for i in window]), logs)
-        i_steep = window[int(np.argmin(slopes))]
-    else:
-        i_steep = i_min
-    return LRFindResult(list(lrs), list(smoothed), lrs[i_min] / 10, lrs[i_steep])
-
-
-def _plot_lr_find(result: LRFindResult, path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(result.lrs, result.losses)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.axvline(result.lr_min, color="C1", ls="--", label=f"min/10 {result.lr_min:.1e}")
-    ax.axvline(result.lr_steep, color="C2", ls=":", label=f"steepest {result.lr_steep:.1e}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def optim_placeholder():
     """The optimizer of a state before its first phase: identity, no statistics."""
     import optax
 
     return optax.identity()
 
-
-def _copy(tree):
-    """A copy with fresh buffers, so that donating it never invalidates `tree`."""
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)

@@ -85,3 +85,8 @@ def create_train_state(model, sample_inputs, tx: optax.GradientTransformation, t
         tx=tx,
         task=task,
     )
+
+
+def copy_tree(tree):
+    """A copy with fresh buffers, so that donating it never invalidates `tree`."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
