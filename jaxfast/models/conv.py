@@ -1,8 +1,19 @@
-"""The one convolution every jaxfast model uses (a drop-in for `flax.linen.Conv`).
+"""The one convolution (and max-pool) every jaxfast model uses, with the lowering
+chosen per shape and backend.
 
-Same parameters as `nn.Conv` ('kernel' [kh, kw, in, out], 'bias' [out]), NHWC layout.
-Routing every model through this module is what lets the lowering be chosen per shape
-and backend in one place (see the performance notes in benchmarks/).
+`Conv` is a drop-in for `flax.linen.Conv` ('kernel' [kh, kw, in, out], 'bias' [out],
+NHWC). Its arithmetic is done by one of two lowerings, numerically equal forward and
+backward (tests/test_conv.py):
+
+- 'xla':    `lax.conv_general_dilated`, XLA's own convolution;
+- 'im2col': the kh*kw shifted (strided) slices of the padded input concatenated on
+            the channel axis, then ONE matmul with the reshaped kernel.
+
+Why: XLA's CPU convolution is pathological at small spatial sizes with many channels
+(measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd ~560 ms through
+conv_general_dilated vs ~14 ms as im2col), while at 8x8 and above it is the fastest.
+`choose_lowering` encodes the rule measured on this machine (benchmarks/conv_bench.py
+prints the table behind it). Accelerators always take 'xla'.
 """
 
 from __future__ import annotations
@@ -12,6 +23,97 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+LOWERINGS = ("auto", "xla", "im2col")
+
+# On CPU, im2col wins when the output has at most this many pixels per image
+# (ResNet stages at 4x4 and below), or for any 1x1 conv with >= 64 input channels.
+CPU_IM2COL_MAX_OUTPUT_PIXELS = 16
+CPU_IM2COL_MIN_CHANNELS = 64
+
+
+def _output_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def resolve_padding(padding, in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int]):
+    """Explicit ((top, bottom), (left, right)) pads for 'SAME', 'VALID' or explicit pads."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), tuple(strides), padding.upper()))
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple(tuple(p) if not isinstance(p, int) else (p, p) for p in padding)
+
+
+def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None = None) -> str:
+    """'im2col' or 'xla' for this conv on `backend` (default: JAX's default backend)."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "xla"
+    kh, kw, cin, _ = kernel_shape
+    pads = resolve_padding(padding, x_shape[1:3], (kh, kw), strides)
+    out_pixels = _output_size(x_shape[1], kh, strides[0], pads[0]) * _output_size(x_shape[2], kw, strides[1], pads[1])
+    if cin < CPU_IM2COL_MIN_CHANNELS:
+        return "xla"
+    if (kh, kw) == (1, 1) or out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS:
+        return "im2col"
+    return "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowering: str = "auto") -> jax.Array:
+    """NHWC x HWIO convolution through the chosen lowering."""
+    if lowering not in LOWERINGS:
+        raise ValueError(f"unknown conv lowering {lowering!r}; choose one of {LOWERINGS}")
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"conv2d: input {x.shape} (NHWC) does not match kernel {kernel.shape} (HWIO)")
+    strides = tuple(strides)
+    if lowering == "auto":
+        lowering = choose_lowering(x.shape, kernel.shape, strides, padding)
+    if lowering == "xla":
+        return lax.conv_general_dilated(
+            x, kernel, window_strides=strides, padding=resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    return _conv_im2col(x, kernel, strides, padding)
+
+
+def _shifted_windows(x: jax.Array, window: tuple[int, int], strides, padding, pad_value=0.0) -> tuple[list, tuple]:
+    """The kh*kw strided slices of the padded input, each [N, Ho, Wo, C]."""
+    kh, kw = window
+    pads = resolve_padding(padding, x.shape[1:3], window, strides)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=pad_value)
+    ho = _output_size(x.shape[1], kh, strides[0], pads[0])
+    wo = _output_size(x.shape[2], kw, strides[1], pads[1])
+    n, c = x.shape[0], x.shape[3]
+    slices = [
+        lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1, c), (1, *strides, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return slices, (ho, wo)
+
+
+def _conv_im2col(x, kernel, strides, padding):
+    kh, kw, cin, cout = kernel.shape
+    slices, _ = _shifted_windows(x, (kh, kw), strides, padding)
+    patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+
+
+def max_pool(x: jax.Array, window=(3, 3), strides=(2, 2), padding="SAME", lowering: str = "auto") -> jax.Array:
+    """Max-pool (NHWC). On CPU as an elementwise max over shifted slices, whose backward
+    is a chain of selects: XLA's CPU select-and-scatter backward is ~20x slower than the
+    forward (measured: 3x3/2 on 32x32x64)."""
+    if lowering == "auto":
+        lowering = "xla" if jax.default_backend() != "cpu" else "im2col"
+    if lowering == "xla":
+        return nn.max_pool(x, tuple(window), tuple(strides), padding=padding)
+    slices, _ = _shifted_windows(x, tuple(window), tuple(strides), padding, pad_value=-jnp.inf)
+    out = slices[0]
+    for s in slices[1:]:
+        out = jnp.maximum(out, s)
+    return out
 
 
 class Conv(nn.Module):
@@ -25,20 +127,14 @@ class Conv(nn.Module):
     dtype: jnp.dtype | None = None
     kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding)
+        y = conv2d(x.astype(dtype), kernel.astype(dtype), tuple(self.strides), self.padding, self.lowering)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)
         return y
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding) -> jax.Array:
-    """NHWC x HWIO convolution (XLA's own lowering)."""
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=strides, padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )

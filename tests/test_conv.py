@@ -1,0 +1,80 @@
+"""The im2col conv lowering equals XLA's convolution forward and backward, and the
+choice rule sends each shape and backend where it is measured to be fastest."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfast.models.conv import Conv, choose_lowering, conv2d, max_pool
+
+CASES = [
+    # x shape, kernel shape, strides, padding
+    ((2, 5, 5, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 6, 6, 4), (3, 3, 4, 5), (2, 2), "SAME"),
+    ((2, 7, 7, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),
+    ((2, 4, 4, 6), (1, 1, 6, 3), (2, 2), "VALID"),
+    ((1, 2, 2, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1))),
+    ((2, 5, 6, 3), (3, 2, 3, 2), (1, 2), "VALID"),
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES)
+def test_im2col_matches_xla_forward_and_backward(x_shape, k_shape, strides, padding):
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape)
+    k = jax.random.normal(kk, k_shape)
+
+    def loss(lowering):
+        def f(x, k):
+            y = conv2d(x, k, strides, padding, lowering)
+            return jnp.sum(y * jax.random.normal(kg, y.shape))
+        return f
+
+    y_xla = conv2d(x, k, strides, padding, "xla")
+    y_mm = conv2d(x, k, strides, padding, "im2col")
+    assert y_xla.shape == y_mm.shape
+    np.testing.assert_allclose(y_mm, y_xla, rtol=1e-5, atol=1e-5)
+    g_xla = jax.grad(loss("xla"), argnums=(0, 1))(x, k)
+    g_mm = jax.grad(loss("im2col"), argnums=(0, 1))(x, k)
+    for a, b in zip(g_mm, g_xla):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 1), (1, 1))])
+def test_max_pool_lowerings_agree(padding):
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))  # no ties: the backward is unique
+    a = max_pool(x, (3, 3), (2, 2), padding, "xla")
+    b = max_pool(x, (3, 3), (2, 2), padding, "im2col")
+    np.testing.assert_array_equal(a, b)
+    ga = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), padding, "xla") ** 2))(x)
+    gb = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), padding, "im2col") ** 2))(x)
+    np.testing.assert_allclose(ga, gb, rtol=1e-6)
+
+
+def test_choice_rule():
+    # small spatial, many channels on CPU: im2col; larger maps or few channels: XLA
+    assert choose_lowering((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
+    assert choose_lowering((32, 8, 8, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"
+    assert choose_lowering((32, 16, 16, 64), (1, 1, 64, 128), (2, 2), "VALID", "cpu") == "im2col"
+    assert choose_lowering((32, 8, 8, 128), (3, 3, 128, 128), (1, 1), "SAME", "cpu") == "xla"
+    assert choose_lowering((32, 64, 64, 3), (7, 7, 3, 64), (2, 2), "SAME", "cpu") == "xla"
+    # accelerators keep XLA's convolution
+    for backend in ("gpu", "tpu"):
+        assert choose_lowering((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), "SAME", backend) == "xla"
+
+
+def test_conv_module_is_a_drop_in_for_nn_conv():
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(2), (2, 4, 4, 8))
+    ours = Conv(6, (3, 3), (2, 2), lowering="im2col")
+    theirs = nn.Conv(6, (3, 3), (2, 2))
+    params = ours.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, theirs.init(jax.random.key(3), x))
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_shapes_are_named():
+    with pytest.raises(ValueError, match=r"input \(1, 4, 4, 3\).*kernel \(3, 3, 5, 2\)"):
+        conv2d(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 5, 2)))
