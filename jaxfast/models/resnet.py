@@ -1,0 +1,185 @@
+"""ResNets with torchvision's (and akamaster's CIFAR) module layout, NHWC.
+
+Module names follow the PyTorch state_dict keys with numeric indices joined by '_'
+(`layer1.0.downsample.0.weight` -> `layer1_0/downsample_0/kernel`), which is the rule
+`jaxfast.models.convert` uses to import torchvision/timm and CIFAR weights.
+
+* `ResNet`: ImageNet ResNet-18/34/50 (torchvision v1.5: stride on the 3x3 conv of a
+  Bottleneck). `include_top=False` cuts the model before the pooling (fastai's body).
+* `CifarResNet`: He et al.'s CIFAR ResNet-20/32/44/56 with option-A shortcuts
+  (strided subsampling + zero channel padding), as in akamaster/pytorch_resnet_cifar10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxfast.models.conv import Conv
+from jaxfast.models.registry import register
+
+# torch's kaiming_normal_: fan_out for torchvision's convs, fan_in (the default) for akamaster's.
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+KAIMING_FAN_IN = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    """PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def conv(features: int, kernel: int, stride: int, name: str, init=KAIMING_FAN_OUT) -> Conv:
+    """Bias-free conv with PyTorch's symmetric padding (kernel // 2 on each side)."""
+    pad = kernel // 2
+    return Conv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                use_bias=False, kernel_init=init, name=name)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; a 1x1 conv + BN shortcut when the shape changes (torchvision)."""
+
+    planes: int
+    stride: int = 1
+    expansion: ClassVar[int] = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = nn.relu(batch_norm(train, "bn1")(conv(self.planes, 3, self.stride, "conv1")(x)))
+        out = batch_norm(train, "bn2")(conv(self.planes, 3, 1, "conv2")(out))
+        return nn.relu(out + _downsample(x, self.planes, self.stride, train))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 with 4x expansion."""
+
+    planes: int
+    stride: int = 1
+    expansion: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = nn.relu(batch_norm(train, "bn1")(conv(self.planes, 1, 1, "conv1")(x)))
+        out = nn.relu(batch_norm(train, "bn2")(conv(self.planes, 3, self.stride, "conv2")(out)))
+        out = batch_norm(train, "bn3")(conv(self.planes * 4, 1, 1, "conv3")(out))
+        return nn.relu(out + _downsample(x, self.planes * 4, self.stride, train))
+
+
+def _downsample(x, features: int, stride: int, train: bool):
+    """Identity, or torchvision's `downsample` (conv1x1 + BN) when stride or width change.
+
+    Called inside a block's compact `__call__`, so its modules belong to the block."""
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    return batch_norm(train, "downsample_1")(conv(features, 1, stride, "downsample_0")(x))
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet: 7x7/2 stem, 3x3/2 max pool, four stages, average pool, fc."""
+
+    stage_sizes: Sequence[int]
+    block: str = "basic"
+    n_classes: int = 1000
+    include_top: bool = True
+    top_names: ClassVar[tuple[str, ...]] = ("fc",)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
+        block = BLOCKS[self.block]
+        x = nn.relu(batch_norm(train, "bn1")(conv(64, 7, 2, "conv1")(x)))
+        x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        for i, n_blocks in enumerate(self.stage_sizes):
+            for j in range(n_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                x = block(64 * 2**i, stride, name=f"layer{i + 1}_{j}")(x, train)
+        if not self.include_top:
+            return x
+        return nn.Dense(self.n_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
+
+    def body_group(self, path: tuple[str, ...]) -> int:
+        """fastai's resnet split: the stem and the first half of the stages, then the rest."""
+        return _stage_group(path, len(self.stage_sizes))
+
+
+class CifarBlock(nn.Module):
+    """akamaster's BasicBlock with the option-A (parameter-free) shortcut."""
+
+    planes: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        out = nn.relu(batch_norm(train, "bn1")(conv(self.planes, 3, self.stride, "conv1", KAIMING_FAN_IN)(x)))
+        out = batch_norm(train, "bn2")(conv(self.planes, 3, 1, "conv2", KAIMING_FAN_IN)(out))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            # F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes//4, planes//4)) in NCHW
+            pad = self.planes // 4
+            shortcut = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+        return nn.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """3x3 conv 16 -> three stages of n blocks (16/32/64) -> global average -> linear."""
+
+    n_blocks: int
+    n_classes: int = 10
+    include_top: bool = True
+    top_names: ClassVar[tuple[str, ...]] = ("linear",)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(batch_norm(train, "bn1")(conv(16, 3, 1, "conv1", KAIMING_FAN_IN)(x)))
+        for i, planes in enumerate((16, 32, 64)):
+            for j in range(self.n_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                x = CifarBlock(planes, stride, name=f"layer{i + 1}_{j}")(x, train)
+        if not self.include_top:
+            return x
+        return nn.Dense(self.n_classes, kernel_init=KAIMING_FAN_IN, name="linear")(jnp.mean(x, axis=(1, 2)))
+
+    def body_group(self, path: tuple[str, ...]) -> int:
+        """Stem and stage 1 in group 0, stages 2-3 in group 1."""
+        return _stage_group(path, 3)
+
+
+def _stage_group(path: tuple[str, ...], n_stages: int) -> int:
+    """0 for the stem and the first n_stages // 2 stages, 1 for the later stages."""
+    name = path[0]
+    if name.startswith("layer"):
+        return int(int(name[len("layer"):].split("_")[0]) > n_stages // 2)
+    return 0
+
+
+@register("resnet18")
+def resnet18(n_classes: int = 1000, include_top: bool = True) -> ResNet:
+    return ResNet((2, 2, 2, 2), "basic", n_classes, include_top)
+
+
+@register("resnet34")
+def resnet34(n_classes: int = 1000, include_top: bool = True) -> ResNet:
+    return ResNet((3, 4, 6, 3), "basic", n_classes, include_top)
+
+
+@register("resnet50")
+def resnet50(n_classes: int = 1000, include_top: bool = True) -> ResNet:
+    return ResNet((3, 4, 6, 3), "bottleneck", n_classes, include_top)
+
+
+def _cifar(depth: int):
+    def factory(n_classes: int = 10, include_top: bool = True) -> CifarResNet:
+        return CifarResNet((depth - 2) // 6, n_classes, include_top)
+
+    factory.__name__ = factory.__qualname__ = f"cifar_resnet{depth}"
+    factory.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} blocks per stage, option-A shortcuts)."
+    return register(f"cifar_resnet{depth}")(factory)
+
+
+cifar_resnet20, cifar_resnet32, cifar_resnet44, cifar_resnet56 = (_cifar(d) for d in (20, 32, 44, 56))
