@@ -18,7 +18,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfast.models.conv import Conv
+from jaxfast.models.conv import Conv, max_pool
 from jaxfast.models.registry import register
 
 # torch's kaiming_normal_: fan_out for torchvision's convs, fan_in (the default) for akamaster's.
@@ -94,7 +94,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
         block = BLOCKS[self.block]
         x = nn.relu(batch_norm(train, "bn1")(conv(64, 7, 2, "conv1")(x)))
-        x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
