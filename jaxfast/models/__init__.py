@@ -1,0 +1,1 @@
+"""Flax model architectures for jaxfast, one module per family (conv, resnet, rnn, ...)."""
