@@ -10,6 +10,11 @@ columns: `row` (1-based data row of its file; `file` too with several inputs) an
 target's class and `probability`, or its value. A row lacking a column, or with a number or
 date that does not parse, is reported with its row number and skipped; an unseen category
 uses the reserved index (as missing ones do) and is reported as a note.
+
+image_classifier: INPUTs are image files or folders (expanded to the images below them);
+`--tta` averages over flips and corner crops. Output columns `path,prediction,probability,
+error`: one row per image, a file that cannot be decoded gets its message in `error` (and on
+stderr); the status is 0 when at least one image was predicted (see jaxfast.vision.predict_images).
 """
 
 from __future__ import annotations
@@ -63,8 +68,16 @@ def predict_tabular(exported: ExportedModel, inputs: list[str], out: TextIO, err
     return 1 if rejected else 0
 
 
-PREDICTORS: dict[str, Callable[[ExportedModel, list[str], TextIO, TextIO], int]] = {
+def predict_image_classifier(exported: ExportedModel, inputs: list[str], out: TextIO, err: TextIO, **options) -> int:
+    """Image files and folders (see the module doc); imported lazily, it loads TensorFlow."""
+    from jaxfast.vision.predict_images import predict_image_export
+
+    return predict_image_export(exported, inputs, out, err, **options)
+
+
+PREDICTORS: dict[str, Callable[..., int]] = {
     "tabular": predict_tabular,
+    "image_classifier": predict_image_classifier,
 }
 
 
@@ -84,18 +97,23 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     parser = argparse.ArgumentParser(prog="python -m jaxfast.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dir", help="folder written by Learner.export (holds export.json)")
-    parser.add_argument("inputs", nargs="+", help="input files (for tabular exports: CSV files with a header)")
+    parser.add_argument("inputs", nargs="+", help="input files (for tabular exports: CSV files with a header; "
+                        "for image exports: image files or folders)")
+    parser.add_argument("--tta", action="store_true", help="image exports: test-time augmentation (flips, corner crops)")
     args = parser.parse_args(argv)
     try:
         kind = export_kind(args.export_dir)
         if kind not in PREDICTORS:
             raise ValueError(f"{args.export_dir}: exports of kind {kind!r} are not supported yet; "
                              f"supported: {', '.join(sorted(PREDICTORS))}")
+        if args.tta and kind != "image_classifier":
+            raise ValueError(f"--tta applies to image exports only; {args.export_dir} is of kind {kind!r}")
         exported = load_export(args.export_dir)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=err)
         return 2
-    return PREDICTORS[kind](exported, args.inputs, out, err)
+    options = {"tta": True} if args.tta else {}
+    return PREDICTORS[kind](exported, args.inputs, out, err, **options)
 
 
 if __name__ == "__main__":

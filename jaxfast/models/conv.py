@@ -18,6 +18,8 @@ prints the table behind it). Accelerators always take 'xla'.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 from jax import lax
 
 LOWERINGS = ("auto", "xla", "im2col")
+# Replaces 'auto' everywhere when set (benchmarks: JAXFAST_CONV_LOWERING=xla measures XLA-only).
+_forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
 
 # On CPU, im2col wins when the output has at most this many pixels per image
 # (ResNet stages at 4x4 and below), or for any 1x1 conv with >= 64 input channels.
@@ -61,6 +65,21 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
     return "xla"
 
 
+@contextlib.contextmanager
+def forced_lowering(lowering: str | None):
+    """Within the block, every 'auto' conv and max-pool traces with `lowering` ('xla' or
+    'im2col'; None: the rule). Clears JAX's caches so that jitted steps retrace."""
+    if lowering not in (None, "xla", "im2col"):
+        raise ValueError(f"forced lowering must be None, 'xla' or 'im2col', got {lowering!r}")
+    previous, _forced[0] = _forced[0], lowering
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        _forced[0] = previous
+        jax.clear_caches()
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowering: str = "auto") -> jax.Array:
     """NHWC x HWIO convolution through the chosen lowering."""
     if lowering not in LOWERINGS:
@@ -69,7 +88,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowe
         raise ValueError(f"conv2d: input {x.shape} (NHWC) does not match kernel {kernel.shape} (HWIO)")
     strides = tuple(strides)
     if lowering == "auto":
-        lowering = choose_lowering(x.shape, kernel.shape, strides, padding)
+        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding)
     if lowering == "xla":
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides),
@@ -94,11 +113,30 @@ def _shifted_windows(x: jax.Array, window: tuple[int, int], strides, padding, pa
     return slices, (ho, wo)
 
 
+def _live_taps(in_hw, kernel_hw, strides, pads) -> list[tuple[int, int]]:
+    """The kernel taps (i, j) that read at least one real (non-padding) input pixel."""
+    def live(n_in, k, s, pad):
+        n_out = _output_size(n_in, k, s, pad)
+        return [i for i in range(k) if any(0 <= o * s + i - pad[0] < n_in for o in range(n_out))]
+
+    rows, cols = live(in_hw[0], kernel_hw[0], strides[0], pads[0]), live(in_hw[1], kernel_hw[1], strides[1], pads[1])
+    return [(i, j) for i in rows for j in cols]
+
+
 def _conv_im2col(x, kernel, strides, padding):
+    """One matmul over the concatenated shifted slices; taps that only ever read padding
+    (a 3x3 conv on a 1x1 map keeps only its centre) are left out, being exact zeros."""
     kh, kw, cin, cout = kernel.shape
-    slices, _ = _shifted_windows(x, (kh, kw), strides, padding)
+    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
+    slices, _ = _shifted_windows(x, (kh, kw), strides, pads)
+    taps = _live_taps(x.shape[1:3], (kh, kw), strides, pads)
+    if len(taps) == kh * kw:
+        weights = kernel.reshape(kh * kw * cin, cout)
+    else:
+        slices = [slices[i * kw + j] for i, j in taps]
+        weights = jnp.concatenate([kernel[i, j] for i, j in taps], axis=0)
     patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
-    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+    return jnp.dot(patches, weights, preferred_element_type=x.dtype)
 
 
 def max_pool(x: jax.Array, window=(3, 3), strides=(2, 2), padding="SAME", lowering: str = "auto") -> jax.Array:
@@ -106,7 +144,7 @@ def max_pool(x: jax.Array, window=(3, 3), strides=(2, 2), padding="SAME", loweri
     is a chain of selects: XLA's CPU select-and-scatter backward is ~20x slower than the
     forward (measured: 3x3/2 on 32x32x64)."""
     if lowering == "auto":
-        lowering = "xla" if jax.default_backend() != "cpu" else "im2col"
+        lowering = _forced[0] or ("xla" if jax.default_backend() != "cpu" else "im2col")
     if lowering == "xla":
         return nn.max_pool(x, tuple(window), tuple(strides), padding=padding)
     slices, _ = _shifted_windows(x, tuple(window), tuple(strides), padding, pad_value=-jnp.inf)
