@@ -48,8 +48,13 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
+        ranked = monitor is not None and keep_best > 0
+        # best_fn also makes Orbax write each step's metrics to disk, so a resumed run
+        # still knows which old checkpoints are the best ones.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
+            best_fn=(lambda metrics: metrics[monitor]) if ranked else None,
+            best_mode=mode,
             enable_async_checkpointing=False,
             create=True,
         )
@@ -60,7 +65,11 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self._manager.best_step()
+        """The kept step with the best `monitor` value (None without ranked checkpoints)."""
+        if self.monitor is None:
+            return None
+        ranked = [(m[self.monitor], step) for step in self.all_steps() if (m := self._manager.metrics(step))]
+        return (min if self.mode == "min" else max)(ranked)[1] if ranked else None
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
