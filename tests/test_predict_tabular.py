@@ -142,9 +142,9 @@ def test_unsupported_or_missing_exports(classifier, tmp_path):
     image = tmp_path / "image_export"
     shutil.copytree(classifier, image)
     meta = json.loads((image / "export.json").read_text())
-    (image / "export.json").write_text(json.dumps({**meta, "kind": "image"}))
-    code, _, err = run(image, tmp_path / "x.png")
-    assert code == 2 and "exports of kind 'image' are not supported yet; supported: tabular" in err
+    (image / "export.json").write_text(json.dumps({**meta, "kind": "audio"}))
+    code, _, err = run(image, tmp_path / "x.wav")
+    assert code == 2 and "exports of kind 'audio' are not supported yet; supported: image_classifier, tabular" in err
     code, _, err = run(tmp_path / "nowhere", tmp_path / "rows.csv")
     assert code == 2 and "is not a jaxfast export: export.json is missing" in err
     code, _, err = run(classifier, tmp_path / "absent.csv")
