@@ -9,6 +9,7 @@ An export folder holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -33,8 +34,13 @@ class ExportedModel:
     meta: dict
 
     def predict(self, inputs) -> np.ndarray:
-        """Raw model outputs (logits / values) for a batch of inputs."""
-        return np.asarray(jax.jit(lambda v, x: self.model.apply(v, x, train=False))(self.variables, inputs))
+        """Raw model outputs (logits / values) for a batch of inputs (compiled once per shape)."""
+        return np.asarray(_apply(self.model, self.variables, inputs))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: nn.Module, variables: dict, inputs):
+    return model.apply(variables, inputs, train=False)
 
 
 def export_model(path: str | Path, arch: str, arch_config: dict, variables: dict, meta: dict[str, Any]) -> Path:
