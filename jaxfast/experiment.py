@@ -76,6 +76,13 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp.name, path)
 
 
+def print_results(results: dict) -> None:
+    """Print evaluate_all's results, one line per split."""
+    for split in dict.fromkeys(k.split("_", 1)[0] for k in results):
+        values = ", ".join(f"{k.split('_', 1)[1]} {v:.4f}" for k, v in results.items() if k.startswith(split + "_"))
+        print(f"{split}: {values}")
+
+
 def summary_line(final: dict, seconds: float) -> str:
     parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()]
     return f"final: {' '.join(parts)} ({seconds:.1f} s)"

@@ -1,52 +1,40 @@
-"""Vision data: image folders and tfds catalog datasets through a tf.data pipeline with
-fastai v1's augmentations (see folders, transforms, pipeline)."""
+"""Vision: image folders and tfds catalog datasets through a tf.data pipeline with fastai v1's
+augmentations (folders, transforms, pipeline), cnn_learner, interpretation helpers.
 
-from jaxfast.vision.folders import (
-    ImageSplit,
-    ImageSplits,
-    find_images,
-    random_split,
-    verify_images,
-)
-from jaxfast.vision.pipeline import (
-    CATALOG,
-    ImageLoader,
-    ImageSource,
-    catalog_databunch,
-    compute_stats,
-    databunch_with_size,
-    image_databunch,
-    load_tfds_images,
-    measure_pipeline,
-    sources_databunch,
-    splits_databunch,
-)
-from jaxfast.vision.transforms import (
-    IMAGENET_STATS,
-    NO_AUGMENTATION,
-    TransformConfig,
-    get_transforms,
-)
+Names are imported lazily (PEP 562) so that `import jaxfast.vision.cnn_learner` and the
+like do not load TensorFlow unless images are actually read."""
 
-__all__ = [
-    "CATALOG",
-    "IMAGENET_STATS",
-    "NO_AUGMENTATION",
-    "ImageLoader",
-    "ImageSource",
-    "ImageSplit",
-    "ImageSplits",
-    "TransformConfig",
-    "catalog_databunch",
-    "compute_stats",
-    "databunch_with_size",
-    "find_images",
-    "get_transforms",
-    "image_databunch",
-    "load_tfds_images",
-    "measure_pipeline",
-    "random_split",
-    "sources_databunch",
-    "splits_databunch",
-    "verify_images",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ImageSplit": "folders",
+    "ImageSplits": "folders",
+    "find_images": "folders",
+    "random_split": "folders",
+    "verify_images": "folders",
+    "CATALOG": "pipeline",
+    "ImageLoader": "pipeline",
+    "ImageSource": "pipeline",
+    "catalog_databunch": "pipeline",
+    "compute_stats": "pipeline",
+    "databunch_with_size": "pipeline",
+    "image_databunch": "pipeline",
+    "load_tfds_images": "pipeline",
+    "measure_pipeline": "pipeline",
+    "sources_databunch": "pipeline",
+    "splits_databunch": "pipeline",
+    "IMAGENET_STATS": "transforms",
+    "NO_AUGMENTATION": "transforms",
+    "TransformConfig": "transforms",
+    "get_transforms": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jaxfast.vision' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"jaxfast.vision.{_EXPORTS[name]}"), name)
