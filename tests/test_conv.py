@@ -16,6 +16,10 @@ CASES = [
     ((2, 4, 4, 6), (1, 1, 6, 3), (2, 2), "VALID"),
     ((1, 2, 2, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1))),
     ((2, 5, 6, 3), (3, 2, 3, 2), (1, 2), "VALID"),
+    # taps that only read padding are dropped by im2col: centre tap only, then 4 of 9
+    ((2, 1, 1, 8), (3, 3, 8, 4), (1, 1), ((1, 1), (1, 1))),
+    ((2, 2, 2, 4), (3, 3, 4, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 3, 1, 4), (3, 3, 4, 2), (1, 1), "SAME"),
 ]
 
 
@@ -41,23 +45,44 @@ def test_im2col_matches_xla_forward_and_backward(x_shape, k_shape, strides, padd
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 1), (1, 1))])
-def test_max_pool_lowerings_agree(padding):
-    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))  # no ties: the backward is unique
-    a = max_pool(x, (3, 3), (2, 2), padding, "xla")
-    b = max_pool(x, (3, 3), (2, 2), padding, "im2col")
+@pytest.mark.parametrize("hw,window,strides,padding", [
+    (9, (3, 3), (2, 2), "SAME"), (9, (3, 3), (2, 2), "VALID"), (9, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (8, (3, 3), (2, 2), ((1, 1), (1, 1))), (7, (2, 2), (2, 2), "VALID"), (6, (3, 3), (1, 1), "SAME"),
+    (7, (3, 2), (2, 3), ((1, 0), (0, 1))),
+])
+def test_max_pool_lowerings_agree(hw, window, strides, padding):
+    x = jax.random.normal(jax.random.key(1), (2, hw, hw, 4))  # no ties: the backward is unique
+    a = max_pool(x, window, strides, padding, "xla")
+    b = max_pool(x, window, strides, padding, "im2col")
     np.testing.assert_array_equal(a, b)
-    ga = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), padding, "xla") ** 2))(x)
-    gb = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), padding, "im2col") ** 2))(x)
-    np.testing.assert_allclose(ga, gb, rtol=1e-6)
+    ct = jax.random.normal(jax.random.key(2), a.shape)
+    ga = jax.grad(lambda x: jnp.sum(max_pool(x, window, strides, padding, "xla") * ct))(x)
+    gb = jax.grad(lambda x: jnp.sum(max_pool(x, window, strides, padding, "im2col") * ct))(x)
+    np.testing.assert_allclose(ga, gb, rtol=1e-6, atol=1e-7)
+
+
+def test_max_pool_ties_go_to_the_first_maximum_once():
+    """After a ReLU many windows tie at 0: the gradient goes to one element, as XLA's does."""
+    x = jnp.zeros((1, 4, 4, 1))
+    ga = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), "xla")))(x)
+    gb = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), "im2col")))(x)
+    np.testing.assert_array_equal(ga, gb)
 
 
 def test_choice_rule():
-    # small spatial, many channels on CPU: im2col; larger maps or few channels: XLA
+    # the rule measured by benchmarks/conv_bench.py on CPU: im2col for <= 2x2 outputs,
+    # tiny contractions and wide 1x1 convs; XLA from 4x4 outputs up
     assert choose_lowering((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
-    assert choose_lowering((32, 8, 8, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"
+    assert choose_lowering((32, 1, 1, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
+    assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"
+    assert choose_lowering((128, 4, 4, 32), (3, 3, 32, 16), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"
+    assert choose_lowering((128, 28, 28, 1), (3, 3, 1, 8), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"
     assert choose_lowering((32, 16, 16, 64), (1, 1, 64, 128), (2, 2), "VALID", "cpu") == "im2col"
+    assert choose_lowering((32, 8, 8, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "xla"
+    assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "xla"
+    assert choose_lowering((32, 16, 16, 64), (3, 3, 64, 128), (2, 2), "SAME", "cpu") == "xla"
     assert choose_lowering((32, 8, 8, 128), (3, 3, 128, 128), (1, 1), "SAME", "cpu") == "xla"
+    assert choose_lowering((128, 14, 14, 8), (3, 3, 8, 8), (1, 1), "SAME", "cpu") == "xla"
     assert choose_lowering((32, 64, 64, 3), (7, 7, 3, 64), (2, 2), "SAME", "cpu") == "xla"
     # accelerators keep XLA's convolution
     for backend in ("gpu", "tpu"):
@@ -73,6 +98,21 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
     params = ours.init(jax.random.key(3), x)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, theirs.init(jax.random.key(3), x))
     np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_forced_lowering_applies_to_auto_and_is_restored():
+    from jaxfast.models import conv
+
+    x, k = jnp.ones((1, 2, 2, 4)), jnp.ones((3, 3, 4, 4))
+    def ops(lowering):
+        return str(jax.make_jaxpr(lambda x, k: conv2d(x, k))(x, k))
+    rule = ops(None)
+    with conv.forced_lowering("xla"):
+        assert "conv_general_dilated" in ops(None)
+    assert "conv_general_dilated" not in rule and ops(None) == rule
+    with pytest.raises(ValueError, match="forced lowering"):
+        with conv.forced_lowering("fft"):
+            pass
 
 
 def test_mismatched_shapes_are_named():

@@ -10,8 +10,10 @@ backward (tests/test_conv.py):
             the channel axis, then ONE matmul with the reshaped kernel.
 
 Why: XLA's CPU convolution is pathological at small spatial sizes with many channels
-(measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd ~560 ms through
-conv_general_dilated vs ~14 ms as im2col), while at 8x8 and above it is the fastest.
+(measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd ~1,100 ms through
+conv_general_dilated vs ~22 ms as im2col), while from 4x4 outputs up it is the fastest.
+im2col leaves out the taps that only ever read padding (a 3x3 conv on a 1x1 map is one
+matmul with its centre tap: 50 ms -> 2 ms).
 `choose_lowering` encodes the rule measured on this machine (benchmarks/conv_bench.py
 prints the table behind it). Accelerators always take 'xla'.
 """
@@ -19,6 +21,7 @@ prints the table behind it). Accelerators always take 'xla'.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Sequence
 
@@ -31,10 +34,14 @@ LOWERINGS = ("auto", "xla", "im2col")
 # Replaces 'auto' everywhere when set (benchmarks: JAXFAST_CONV_LOWERING=xla measures XLA-only).
 _forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
 
-# On CPU, im2col wins when the output has at most this many pixels per image
-# (ResNet stages at 4x4 and below), or for any 1x1 conv with >= 64 input channels.
-CPU_IM2COL_MAX_OUTPUT_PIXELS = 16
-CPU_IM2COL_MIN_CHANNELS = 64
+# The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2): im2col for outputs
+# of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512 1135 ms vs 22 ms), for
+# tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and for 1x1 convs with
+# >= 64 input channels (ties or better); XLA's conv everywhere else (it is up to 2.5x faster
+# from 4x4 outputs up, strided or not).
+CPU_IM2COL_MAX_OUTPUT_PIXELS = 4
+CPU_IM2COL_MAX_PATCH = 16
+CPU_IM2COL_MIN_CHANNELS_1X1 = 64
 
 
 def _output_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
@@ -58,9 +65,9 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
     kh, kw, cin, _ = kernel_shape
     pads = resolve_padding(padding, x_shape[1:3], (kh, kw), strides)
     out_pixels = _output_size(x_shape[1], kh, strides[0], pads[0]) * _output_size(x_shape[2], kw, strides[1], pads[1])
-    if cin < CPU_IM2COL_MIN_CHANNELS:
-        return "xla"
-    if (kh, kw) == (1, 1) or out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS:
+    if out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS or kh * kw * cin <= CPU_IM2COL_MAX_PATCH:
+        return "im2col"
+    if (kh, kw) == (1, 1) and cin >= CPU_IM2COL_MIN_CHANNELS_1X1:
         return "im2col"
     return "xla"
 
@@ -140,18 +147,60 @@ def _conv_im2col(x, kernel, strides, padding):
 
 
 def max_pool(x: jax.Array, window=(3, 3), strides=(2, 2), padding="SAME", lowering: str = "auto") -> jax.Array:
-    """Max-pool (NHWC). On CPU as an elementwise max over shifted slices, whose backward
-    is a chain of selects: XLA's CPU select-and-scatter backward is ~20x slower than the
-    forward (measured: 3x3/2 on 32x32x64)."""
+    """Max-pool (NHWC). On CPU ('im2col') as an elementwise max over shifted slices with a
+    hand-written backward (`_slice_max_pool`): XLA's CPU select-and-scatter, and the
+    select chain that autodiff makes of the slices, are both ~10x slower than it."""
     if lowering == "auto":
         lowering = _forced[0] or ("xla" if jax.default_backend() != "cpu" else "im2col")
     if lowering == "xla":
         return nn.max_pool(x, tuple(window), tuple(strides), padding=padding)
-    slices, _ = _shifted_windows(x, tuple(window), tuple(strides), padding, pad_value=-jnp.inf)
-    out = slices[0]
-    for s in slices[1:]:
-        out = jnp.maximum(out, s)
-    return out
+    window, strides = tuple(window), tuple(strides)
+    pads = tuple(tuple(p) for p in resolve_padding(padding, x.shape[1:3], window, strides))
+    return _slice_max_pool(x, window, strides, pads, tuple(x.shape[1:3]))
+
+
+def _pool_argmax(x, window, strides, pads):
+    """(max, index of the first maximal tap as int8) over the kh*kw shifted slices."""
+    slices, _ = _shifted_windows(x, window, strides, pads, pad_value=-jnp.inf)
+    out, idx = slices[0], jnp.zeros(slices[0].shape, jnp.int8)
+    for k, s in enumerate(slices[1:], start=1):
+        better = s > out
+        out, idx = jnp.where(better, s, out), jnp.where(better, jnp.int8(k), idx)
+    return out, idx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _slice_max_pool(x, window, strides, pads, in_hw):
+    return _pool_argmax(x, window, strides, pads)[0]
+
+
+def _slice_max_pool_fwd(x, window, strides, pads, in_hw):
+    return _pool_argmax(x, window, strides, pads)
+
+
+def _slice_max_pool_bwd(window, strides, pads, in_hw, idx, g):
+    """Route each output gradient to its argmax, one stride phase of the padded input at a
+    time: within phase (p, q) every tap is a unit-stride shift, so no scatter is needed."""
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, pads
+    n, ho, wo, c = g.shape
+    rows, cols = -(-(in_hw[0] + top + bottom) // sh), -(-(in_hw[1] + left + right) // sw)
+    phases = []
+    for p in range(sh):
+        row = []
+        for q in range(sw):
+            acc = jnp.zeros((n, rows, cols, c), g.dtype)
+            for i in range(p, kh, sh):
+                for j in range(q, kw, sw):
+                    part = jnp.where(idx == i * kw + j, g, jnp.zeros((), g.dtype))
+                    a, b = i // sh, j // sw
+                    acc = acc + jnp.pad(part, ((0, 0), (a, rows - ho - a), (b, cols - wo - b), (0, 0)))
+            row.append(acc)
+        phases.append(jnp.stack(row, axis=3))  # [n, rows, cols, sw, c]
+    dx = jnp.stack(phases, axis=2).reshape(n, rows * sh, cols * sw, c)
+    return (dx[:, top:top + in_hw[0], left:left + in_hw[1]],)
+
+
+_slice_max_pool.defvjp(_slice_max_pool_fwd, _slice_max_pool_bwd)
 
 
 class Conv(nn.Module):

@@ -1,0 +1,227 @@
+"""PyTorch reference models with the same layer shapes as the jaxfast models benchmarked.
+
+Benchmark-only (jaxfast never imports torch). Layouts: torchvision's ResNet-18/34,
+lesson 7's MNIST ResNet (fastai v1 conv_layer = conv, ReLU, BN), fastai's cnn head,
+an AWD-LSTM-shaped LM / classifier, fastai's TabularModel and EmbeddingDotBias.
+`train_step` builds AdamW with fastai's setting (no decay on BatchNorm and biases).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet with BasicBlocks; `include_top=False` returns the feature map."""
+
+    def __init__(self, stage_sizes, n_classes: int = 1000, include_top: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for i, n in enumerate(stage_sizes):
+            planes = 64 * 2**i
+            for j in range(n):
+                layers.append(BasicBlock(cin, planes, 2 if i > 0 and j == 0 else 1))
+                cin = planes
+        self.layers = nn.Sequential(*layers)
+        self.include_top = include_top
+        self.fc = nn.Linear(cin, n_classes) if include_top else None
+
+    def forward(self, x):
+        x = self.layers(self.maxpool(F.relu(self.bn1(self.conv1(x)))))
+        return self.fc(x.mean((2, 3))) if self.include_top else x
+
+
+def resnet18(n_classes=1000, include_top=True):
+    return ResNet((2, 2, 2, 2), n_classes, include_top)
+
+
+def resnet34(n_classes=1000, include_top=True):
+    return ResNet((3, 4, 6, 3), n_classes, include_top)
+
+
+def conv_layer(cin: int, cout: int, stride: int = 1, bn_zero: bool = False) -> nn.Sequential:
+    """fastai v1 conv_layer: 3x3 conv (no bias), ReLU, BatchNorm."""
+    bn = nn.BatchNorm2d(cout)
+    if bn_zero:
+        nn.init.zeros_(bn.weight)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.ReLU(), bn)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, nf: int):
+        super().__init__()
+        self.conv1, self.conv2 = conv_layer(nf, nf), conv_layer(nf, nf, bn_zero=True)
+
+    def forward(self, x):
+        return x + self.conv2(self.conv1(x))
+
+
+def mnist_resnet(widths=(8, 16, 32, 16), n_classes=10) -> nn.Sequential:
+    """lesson7-resnet-mnist's model on [B, 1, 28, 28] images."""
+    layers, cin = [], 1
+    for w in widths:
+        layers += [conv_layer(cin, w, 2), ResBlock(w)]
+        cin = w
+    return nn.Sequential(*layers, conv_layer(cin, n_classes, 2), nn.Flatten())
+
+
+class CnnHead(nn.Module):
+    """fastai create_head: concat pool, BN, dropout .25, linear 512, ReLU, BN, dropout .5, linear."""
+
+    def __init__(self, nf: int, n_classes: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.BatchNorm1d(2 * nf), nn.Dropout(0.25), nn.Linear(2 * nf, 512), nn.ReLU(),
+            nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, n_classes))
+
+    def forward(self, x):
+        return self.layers(torch.cat([x.amax((2, 3)), x.mean((2, 3))], 1))
+
+
+def cnn(body: nn.Module, nf: int, n_classes: int, freeze_body: bool) -> nn.Sequential:
+    """body + head; a frozen body keeps its BatchNorm layers trainable (fastai's train_bn)."""
+    if freeze_body:
+        for m in body.modules():
+            if not isinstance(m, nn.BatchNorm2d):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
+    return nn.Sequential(body, CnnHead(nf, n_classes))
+
+
+class LstmEncoder(nn.Module):
+    """Embedding, then stacked LSTMs emb -> hidden ... -> emb (AWD-LSTM's widths), dropout between."""
+
+    def __init__(self, vocab: int, emb: int, hidden: int, n_layers: int, dropout: float):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, emb)
+        sizes = [emb] + [hidden] * (n_layers - 1) + [emb]
+        self.rnns = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True) for i in range(n_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        for rnn in self.rnns:
+            x = self.dropout(rnn(x)[0])
+        return x
+
+
+class LstmLM(nn.Module):
+    def __init__(self, vocab=10_000, emb=400, hidden=256, n_layers=3, dropout=0.1, tied=True):
+        super().__init__()
+        self.encoder = LstmEncoder(vocab, emb, hidden, n_layers, dropout)
+        self.decoder = nn.Linear(emb, vocab)
+        if tied:
+            self.decoder.weight = self.encoder.embedding.weight
+
+    def forward(self, tokens):
+        return self.decoder(self.encoder(tokens))
+
+
+class LstmClassifier(nn.Module):
+    """Encoder + fastai's PoolingLinearClassifier: [last, max, mean] -> BN/drop/50/ReLU -> BN/drop/n."""
+
+    def __init__(self, vocab=10_000, emb=400, hidden=256, n_layers=3, dropout=0.1, n_classes=2):
+        super().__init__()
+        self.encoder = LstmEncoder(vocab, emb, hidden, n_layers, dropout)
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(3 * emb), nn.Dropout(0.4), nn.Linear(3 * emb, 50), nn.ReLU(),
+            nn.BatchNorm1d(50), nn.Dropout(0.1), nn.Linear(50, n_classes))
+
+    def forward(self, tokens):
+        x = self.encoder(tokens)
+        return self.head(torch.cat([x[:, -1], x.amax(1), x.mean(1)], 1))
+
+
+class TabularModel(nn.Module):
+    """fastai v1 TabularModel: embeddings + BN(cont), then [BN (not first), dropout, linear, ReLU]."""
+
+    def __init__(self, emb_szs, n_cont: int, out_sz: int, layers=(200, 100), ps=(0.0, 0.0)):
+        super().__init__()
+        self.embeds = nn.ModuleList(nn.Embedding(n, w) for n, w in emb_szs)
+        self.bn_cont = nn.BatchNorm1d(n_cont)
+        sizes = [sum(w for _, w in emb_szs) + n_cont, *layers, out_sz]
+        mods = []
+        for i, p in enumerate([0.0, *ps]):
+            if i != 0:
+                mods.append(nn.BatchNorm1d(sizes[i]))
+            if p:
+                mods.append(nn.Dropout(p))
+            mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(layers):
+                mods.append(nn.ReLU())
+        self.layers = nn.Sequential(*mods)
+
+    def forward(self, x_cat, x_cont):
+        x = torch.cat([e(x_cat[:, i]) for i, e in enumerate(self.embeds)] + [self.bn_cont(x_cont)], 1)
+        return self.layers(x)
+
+
+class EmbeddingDotBias(nn.Module):
+    def __init__(self, n_users: int, n_items: int, n_factors: int = 40, y_range=(0.0, 5.5)):
+        super().__init__()
+        self.u_weight, self.i_weight = nn.Embedding(n_users, n_factors), nn.Embedding(n_items, n_factors)
+        self.u_bias, self.i_bias = nn.Embedding(n_users, 1), nn.Embedding(n_items, 1)
+        for e in (self.u_weight, self.i_weight, self.u_bias, self.i_bias):
+            nn.init.trunc_normal_(e.weight, std=0.01)
+        self.y_range = y_range
+
+    def forward(self, users, items):
+        dot = (self.u_weight(users) * self.i_weight(items)).sum(1)
+        res = dot + self.u_bias(users)[:, 0] + self.i_bias(items)[:, 0]
+        lo, hi = self.y_range
+        return torch.sigmoid(res) * (hi - lo) + lo
+
+
+def adamw(model: nn.Module, lr: float, wd: float = 1e-2, eps: float = 1e-5, betas=(0.9, 0.99)):
+    """AdamW over trainable params, without weight decay on BatchNorm params and biases."""
+    decay, no_decay, seen = [], [], set()
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:  # a tied weight is listed once
+                continue
+            seen.add(id(p))
+            bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+            (no_decay if bn or name == "bias" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+
+
+def train_step(model: nn.Module, loss_fn, inputs: tuple, targets, **opt_kwargs):
+    """A zero-argument eager train step (forward, loss, backward, AdamW) returning the loss."""
+    model.train()
+    opt = adamw(model, **opt_kwargs)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(*inputs), targets)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def lm_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
