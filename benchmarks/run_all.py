@@ -3,8 +3,8 @@
 Runs resnet_bench (ResNet-18/34 at 64 and 32 px, the MNIST ResNet, the cnn head on a
 frozen body, the tf.data pipeline beside the ResNet-18 step), lstm_bench, tabular_collab_bench
 and loop_overhead_bench in this process, the jaxfast step with XLA-only convolutions vs the
-lowering rule, then lesson 7's MNIST ResNet epochs in fresh processes, alternating the
-XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
+lowering rule, then lesson epochs (lesson 7's MNIST ResNet; `--lessons` adds lesson 1's
+resnet18 on MNIST_SAMPLE) in fresh processes, alternating the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
 PyTorch's OpenMP steps slow down 10x when another process competes for the 2 cores, so
 `--wait-load` waits (up to `--wait-max` s) for a quiet minute first.
 Run: python benchmarks/run_all.py [--quick] [--wait-load 1.0] [--out results.md]
@@ -27,7 +27,6 @@ import common  # noqa: F401 - puts the repository on sys.path
 from common import COLUMNS, import_torch, load_average, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def wait_for_quiet(threshold: float, max_wait: float) -> None:
@@ -37,34 +36,45 @@ def wait_for_quiet(threshold: float, max_wait: float) -> None:
     print(f"starting at load {load_average()} (waited {time.time() - t0:.0f} s)", flush=True)
 
 
-def lesson_epoch_times(lowering: str | None, epochs: int) -> list[float]:
-    """Epoch seconds of lesson 7's experiment (or of loop_overhead_bench --lesson when the
-    experiment or its data are absent) in a fresh process with `lowering` forced or not."""
+LESSONS = {  # experiment -> its data folder beside the repository
+    "lesson7_resnet_mnist": ROOT.parent / "shared" / "data" / "mnist",
+    "lesson1_mnist_sample": ROOT.parent / "shared" / "data" / "mnist_sample",
+}
+
+
+def lesson_epoch_times(lesson: str, lowering: str | None, epochs: int) -> list[float]:
+    """Epoch seconds of `python -m experiments.<lesson>` in a fresh process with `lowering`
+    forced or not; for lesson 7 without the experiment or its data, loop_overhead_bench --lesson."""
     env = {**os.environ, "JAXFAST_CONV_LOWERING": lowering or ""}
-    if (ROOT / "experiments" / "lesson7_resnet_mnist.py").exists() and MNIST_DIR.exists():
+    data = LESSONS[lesson]
+    if (ROOT / "experiments" / f"{lesson}.py").exists() and data.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "experiments.lesson7_resnet_mnist", "--data-dir", str(MNIST_DIR),
-                   "--epochs", str(epochs), "--workdir", tmp, "--no-progress", "--top-losses", "1"]
+            cmd = [sys.executable, "-m", f"experiments.{lesson}", "--data-dir", str(data), "--epochs", str(epochs),
+                   "--workdir", tmp, "--no-progress", "--top-losses", "1"]
             subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
             import pandas as pd
 
             return [float(t) for t in pd.read_csv(Path(tmp) / "history.csv")["time"]]
+    if lesson != "lesson7_resnet_mnist":
+        raise FileNotFoundError(f"experiments/{lesson}.py or its data {data} is missing")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "loop_overhead_bench.py"), "--lesson", "--epochs", str(epochs)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["epoch_s"]
 
 
-def lesson_before_after(epochs: int, rounds: int) -> dict:
-    """Median first (compiling) and later epoch seconds with XLA-only convs vs the rule, alternated."""
+def lesson_before_after(lesson: str, epochs: int, rounds: int) -> list[dict]:
+    """Median first (compiling) and later epoch seconds, XLA-only convs vs the rule, alternated."""
     times = {"xla": [], "rule": []}
     for _ in range(rounds):
         for name, lowering in (("xla", "xla"), ("rule", None)):
-            times[name].append(lesson_epoch_times(lowering, epochs))
-    out = {}
+            times[name].append(lesson_epoch_times(lesson, lowering, epochs))
+    table = []
     for name, runs in times.items():
-        out[name] = {"first epoch s": float(np.median([r[0] for r in runs])),
-                     "later epochs s": float(np.median([t for r in runs for t in r[1:]]))}
-    return out
+        later = [t for r in runs for t in r[1:]]
+        table.append({"lesson": lesson, "convolution": name, "first epoch s": float(np.median([r[0] for r in runs])),
+                      "later epochs s": float(np.median(later)) if later else None})
+    ratio = {k: None if not table[1][k] else table[0][k] / table[1][k] for k in ("first epoch s", "later epochs s")}
+    return table + [{"lesson": lesson, "convolution": "xla / rule", **ratio}]
 
 
 def main(argv=None) -> None:
@@ -73,10 +83,21 @@ def main(argv=None) -> None:
     parser.add_argument("--wait-load", type=float, default=None, help="wait for a 1-minute load below this")
     parser.add_argument("--wait-max", type=float, default=1800)
     parser.add_argument("--out", type=Path, help="also write everything printed to this file")
-    parser.add_argument("--skip-lesson", action="store_true", help="skip the lesson 7 epoch comparison")
+    parser.add_argument("--lessons", nargs="*", default=["lesson7_resnet_mnist"], choices=sorted(LESSONS),
+                        help="lessons whose epochs to time with XLA-only convs vs the rule (none: skip)")
+    parser.add_argument("--only-lessons", action="store_true", help="time only the lesson epochs")
+    parser.add_argument("--lesson-epochs", type=int, default=None, help="epochs per lesson run (default 3, quick 2)")
     args = parser.parse_args(argv)
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.wait_max)
+    if args.only_lessons:
+        epochs = args.lesson_epochs or 2
+        lesson = [r for name in args.lessons for r in lesson_before_after(name, epochs, 1 if epochs == 1 else 2)]
+        text = f"load {load_average()} at the end\n\n" + markdown_table(lesson, list(lesson[0]))
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     import jax
 
     import loop_overhead_bench
@@ -97,7 +118,8 @@ def main(argv=None) -> None:
     # last: it imports TensorFlow, whose thread pools would disturb the timings above
     r18 = next(r for r in rows if r["workload"] == "resnet18_64px")
     pipeline = {"workload": "pipeline_vs_resnet18_64px", **resnet_bench.pipeline_vs_step(r18)}
-    lesson = None if args.skip_lesson else lesson_before_after(2 if q else 3, 1 if q else 2)
+    epochs = args.lesson_epochs or (2 if q else 3)
+    lesson = [r for name in args.lessons for r in lesson_before_after(name, epochs, 1 if q or epochs == 1 else 2)]
     lines = ["", header, f"end load {load_average()}", "", "## Train steps, jaxfast vs PyTorch eager (speed-up > 1: jaxfast faster)",
              "", markdown_table(rows, COLUMNS)]
     if pipeline:  # noqa: SIM102
@@ -107,10 +129,8 @@ def main(argv=None) -> None:
     lines += ["", "## jaxfast step: XLA-only convolution and max-pool vs the lowering rule", "",
               markdown_table(lowering, list(lowering[0]))]
     if lesson:
-        table = [{"convolution": k, **v} for k, v in lesson.items()]
-        table.append({"convolution": "xla / rule", **{k: lesson["xla"][k] / lesson["rule"][k] for k in lesson["rule"]}})
-        lines += ["", "## Lesson 7 MNIST ResNet epoch (8,000 train + 2,000 valid images, bs 128)", "",
-                  markdown_table(table, list(table[0]))]
+        lines += ["", "## Lesson epochs (python -m experiments.<lesson>; first epoch compiles), XLA-only vs rule", "",
+                  markdown_table(lesson, list(lesson[0]))]
     text = "\n".join(lines)
     print(text)
     if args.out:
