@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -269,6 +270,7 @@ class Learner:
     def _epochs(self, phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms):
         """The epochs of one phase, from (start_epoch, start_batch); returns the device state."""
         train, runner = self.data.train, self.runner
+        lr_log, mom_log = self._schedule_log(lrs[-1], moms, n_epochs * len(train))
         columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
         self.log(format_header(columns))
         best, bad_epochs = None, 0
@@ -291,7 +293,8 @@ class Learner:
                     raise TrainingDiverged(self._diverged_message(loss, data_epoch, b))
                 sums[0] += float(metrics["loss"]["sum"])
                 sums[1] += float(metrics["loss"]["count"])
-                self.recorder.add_step(loss, *self._hyperparams(lrs, moms, epoch * len(train) + b))
+                step_in_phase = epoch * len(train) + b
+                self.recorder.add_step(loss, lr_log[step_in_phase], mom_log[step_in_phase])
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
 
@@ -348,10 +351,18 @@ class Learner:
         results.update(finalize_all(self.state.task.metrics, stats))
         return results
 
-    def _hyperparams(self, lrs, moms, step_in_phase: int) -> tuple[float, float]:
-        lr = optim.current_lrs(lrs, step_in_phase)[-1]
-        mom = float(moms(step_in_phase)) if callable(moms) else float(moms)
-        return lr, mom
+    @staticmethod
+    def _schedule_log(lr, mom, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last group's lr and the momentum at every step of a phase, evaluated once
+        (vectorised) instead of per step on the host."""
+        steps = jnp.arange(max(total_steps, 1))
+
+        def values(schedule):
+            if callable(schedule):
+                return np.asarray(schedule(steps), np.float64)
+            return np.full(len(steps), float(schedule))
+
+        return values(lr), values(mom)
 
     def _early_stop(self, row: dict, best, bad_epochs: int):
         patience = self.config.early_stopping_patience
