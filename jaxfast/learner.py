@@ -16,6 +16,7 @@ same as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxfast import optim
 from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.data.prefetch import prefetch
 from jaxfast.errors import TrainingDiverged
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
@@ -38,6 +40,10 @@ from jaxfast.parallel import make_runner
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
 from jaxfast.steps import loss_and_outputs_step, predict_step
+
+
+# Train steps dispatched ahead of the host reading their metrics (see Learner._epochs).
+STEPS_IN_FLIGHT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,39 +291,45 @@ class Learner:
             )
             sums = [loss_sum, loss_count]
 
-            def record(b: int, device_metrics) -> None:
-                metrics = runner.get_metrics(device_metrics)
-                loss = float(metrics["loss"]["sum"] / max(metrics["loss"]["count"], 1.0))
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(self._diverged_message(loss, data_epoch, b))
-                sums[0] += float(metrics["loss"]["sum"])
-                sums[1] += float(metrics["loss"]["count"])
-                step_in_phase = epoch * len(train) + b
-                self.recorder.add_step(loss, lr_log[step_in_phase], mom_log[step_in_phase])
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+            def record(pending: list, n: int | None = None) -> None:
+                """Check and log the metrics of the oldest `n` (default all) pending steps,
+                fetched in one transfer."""
+                done = pending[:n] if n is not None else list(pending)
+                del pending[:len(done)]
+                fetched = runner.get_metrics([m for _, m in done])
+                for (b, _), metrics in zip(done, fetched):
+                    loss_sum_b, count_b = float(metrics["loss"]["sum"]), float(metrics["loss"]["count"])
+                    loss = loss_sum_b / max(count_b, 1.0)
+                    if not math.isfinite(loss):
+                        bar.close()
+                        raise TrainingDiverged(self._diverged_message(loss, data_epoch, b))
+                    sums[0] += loss_sum_b
+                    sums[1] += count_b
+                    step_in_phase = epoch * len(train) + b
+                    self.recorder.add_step(loss, lr_log[step_in_phase], mom_log[step_in_phase])
+                bar.update(len(done))
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-            # On CPU every step is waited on (see jaxfast.parallel); elsewhere step t's
-            # metrics are read after step t+1 is dispatched, so the device never idles.
-            pending = None
-            for b, batch in enumerate(train.batches(data_epoch, start=first), start=first):
-                dstate, device_metrics = runner.train_step(dstate, runner.put_batch(batch))
-                if pending is not None:
-                    record(*pending)
-                pending = (b, device_metrics)
-                if runner.sync_each_step:
-                    record(*pending)
-                    pending = None
-                every = self.config.checkpoint_every_steps
-                if every and self.checkpointer and (len(self.recorder.losses) + (pending is not None)) % every == 0 \
-                        and b + 1 < len(train):
-                    if pending is not None:
-                        record(*pending)
-                        pending = None
-                    self._save(dstate, phase, epoch, b + 1, tuple(sums))
-            if pending is not None:
-                record(*pending)
+            # Steps run ahead of their metrics: the loop reads the oldest `in_flight` steps'
+            # metrics in one transfer once 2 * `in_flight` are unread, so the device always
+            # has queued work and the host reads rarely. Where `runner.sync_each_step` (CPU
+            # collectives, see jaxfast.parallel) every step is read before the next. The
+            # next batches are sliced and copied to the device on a background thread.
+            in_flight = 0 if runner.sync_each_step else STEPS_IN_FLIGHT
+            every = self.config.checkpoint_every_steps
+            pending: list = []
+            with contextlib.closing(prefetch(train.batches(data_epoch, start=first), runner.put_batch)) as batches:
+                for b, dbatch in enumerate(batches, start=first):
+                    dstate, device_metrics = runner.train_step(dstate, dbatch)
+                    pending.append((b, device_metrics))
+                    if len(pending) > 2 * in_flight:
+                        record(pending, max(in_flight, 1))
+                    if every and self.checkpointer and (len(self.recorder.losses) + len(pending)) % every == 0 \
+                            and b + 1 < len(train):
+                        record(pending)
+                        self._save(dstate, phase, epoch, b + 1, tuple(sums))
+            if pending:
+                record(pending)
             loss_sum, loss_count = sums
             bar.close()
             row = {"epoch": data_epoch, "train_loss": loss_sum / max(loss_count, 1.0)}
@@ -341,11 +353,20 @@ class Learner:
 
     def _evaluate(self, dstate, loader: ArrayLoader) -> dict:
         """Loss and metrics of `loader` with the device state `dstate`."""
-        stats = None
-        for batch in loader.batches(0):
-            metrics = self.runner.eval_step(dstate, self.runner.put_batch(batch))
-            stats = add_stats(stats, self.runner.get_metrics(metrics) if self.runner.sync_each_step else metrics)
-        stats = jax.tree.map(np.asarray, jax.device_get(stats))
+        stats, pending = None, []
+
+        def add_pending():  # one transfer; summed on the host in float64 (exact counts)
+            nonlocal stats
+            for metrics in self.runner.get_metrics(pending):
+                stats = add_stats(stats, jax.tree.map(lambda x: np.asarray(x, np.float64), metrics))
+            pending.clear()
+
+        with contextlib.closing(prefetch(loader.batches(0), self.runner.put_batch)) as batches:
+            for dbatch in batches:
+                pending.append(self.runner.eval_step(dstate, dbatch))
+                if self.runner.sync_each_step or len(pending) >= 2 * STEPS_IN_FLIGHT:
+                    add_pending()
+        add_pending()
         loss = stats.pop("loss")
         results = {"loss": float(loss["sum"] / max(float(loss["count"]), 1.0))}
         results.update(finalize_all(self.state.task.metrics, stats))

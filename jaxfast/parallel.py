@@ -63,9 +63,9 @@ def make_runner(mode: str = "auto", devices: list | None = None) -> Runner:
     if mode == "auto":
         mode = "mesh" if len(devices) > 1 else "single"
     # XLA's in-process CPU all-reduce can deadlock on a small machine when several
-    # collective steps are in flight; on CPU the loop waits on each step's metrics
-    # (it reads the loss for the progress bar anyway). Accelerators run ahead.
-    sync = devices[0].platform == "cpu"
+    # collective steps are in flight, so with several CPU devices the loop waits on
+    # each step's metrics. One device, or accelerators, run ahead of the host.
+    sync = devices[0].platform == "cpu" and mode != "single" and len(devices) > 1
     if mode == "single":
         device = devices[0]
         put = functools.partial(jax.device_put, device=device)

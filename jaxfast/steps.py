@@ -82,7 +82,9 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
         batch_stats=new_stats,
         opt_state=opt_state,
     )
-    metrics = {"loss": {"sum": loss_sum, "count": count}, "grad_norm": optax.tree.norm(grads)}
+    # No gradient norm here: reading every gradient would keep the weight gradients of
+    # frozen layers alive, which XLA otherwise drops (1.5x faster frozen-body steps).
+    metrics = {"loss": {"sum": loss_sum, "count": count}}
     if axis_name is not None:
         metrics["loss"] = _sum_over(metrics["loss"], axis_name)
     return new_state, metrics
