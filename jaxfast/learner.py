@@ -81,6 +81,10 @@ class TrainConfig:
     early_stopping_min_delta: float = 0.0
     progress: bool = True
     train_bn: bool = True
+    # Batches prepared on a background thread (0: in the loop; None: 2 on accelerators, 0 on
+    # CPU, where the host's work competes with XLA for the same cores: +45% per step on a
+    # 2-core machine with the thread, +9% without, for a 0.6 ms tabular step).
+    prefetch_batches: int | None = None
 
 
 class Learner:
@@ -318,7 +322,7 @@ class Learner:
             in_flight = 0 if runner.sync_each_step else STEPS_IN_FLIGHT
             every = self.config.checkpoint_every_steps
             pending: list = []
-            with contextlib.closing(prefetch(train.batches(data_epoch, start=first), runner.put_batch)) as batches:
+            with contextlib.closing(self._device_batches(train.batches(data_epoch, start=first))) as batches:
                 for b, dbatch in enumerate(batches, start=first):
                     dstate, device_metrics = runner.train_step(dstate, dbatch)
                     pending.append((b, device_metrics))
@@ -361,7 +365,7 @@ class Learner:
                 stats = add_stats(stats, jax.tree.map(lambda x: np.asarray(x, np.float64), metrics))
             pending.clear()
 
-        with contextlib.closing(prefetch(loader.batches(0), self.runner.put_batch)) as batches:
+        with contextlib.closing(self._device_batches(loader.batches(0))) as batches:
             for dbatch in batches:
                 pending.append(self.runner.eval_step(dstate, dbatch))
                 if self.runner.sync_each_step or len(pending) >= 2 * STEPS_IN_FLIGHT:
@@ -371,6 +375,15 @@ class Learner:
         results = {"loss": float(loss["sum"] / max(float(loss["count"]), 1.0))}
         results.update(finalize_all(self.state.task.metrics, stats))
         return results
+
+    def _device_batches(self, batches):
+        """The batches on the device, prepared `config.prefetch_batches` ahead on a thread."""
+        ahead = self.config.prefetch_batches
+        if ahead is None:
+            ahead = 0 if jax.default_backend() == "cpu" else 2
+        if ahead > 0:
+            return prefetch(batches, self.runner.put_batch, ahead)
+        return (self.runner.put_batch(batch) for batch in batches)
 
     @staticmethod
     def _schedule_log(lr, mom, total_steps: int) -> tuple[np.ndarray, np.ndarray]:

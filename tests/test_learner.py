@@ -163,3 +163,22 @@ def test_bad_input_errors():
     wrong_targets = DataBunch(ArrayLoader(x, np.zeros((40, 2), np.int32), 8))
     with pytest.raises(ValueError, match="cross_entropy"):
         Learner(mlp((4,), 3), wrong_targets, "cross_entropy", [], log=lambda s: None, config=QUIET).fit(1)
+
+
+@pytest.mark.parametrize("prefetch_batches", [0, 2])
+def test_background_prefetch_and_run_ahead_change_nothing(prefetch_batches, monkeypatch):
+    """The batches prepared on a thread, and steps read 1 or 4 at a time: same losses, same params."""
+    import jaxfast.learner as learner_module
+
+    runs = []
+    for in_flight in (0, 4):
+        monkeypatch.setattr(learner_module, "STEPS_IN_FLIGHT", in_flight)
+        learn = learner(config=dataclasses.replace(QUIET, prefetch_batches=prefetch_batches))
+        learn.fit(2, 1e-2)
+        runs.append((np.array(learn.recorder.losses), jax.tree.leaves(learn.state.params), learn.validate()))
+    (losses_a, params_a, valid_a), (losses_b, params_b, valid_b) = runs
+    assert len(losses_a) == 2 * len(learn.data.train)
+    np.testing.assert_array_equal(losses_a, losses_b)
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_array_equal(a, b)
+    assert valid_a == valid_b
