@@ -182,3 +182,29 @@ def test_background_prefetch_and_run_ahead_change_nothing(prefetch_batches, monk
     for a, b in zip(params_a, params_b):
         np.testing.assert_array_equal(a, b)
     assert valid_a == valid_b
+
+
+def test_mixed_precision_keeps_batchnorm_statistics_in_float32():
+    """bf16 compute: BatchNorm's batch statistics are reduced in fp32 and its running stats
+    stay fp32, close to the fp32 step's (bf16 rounding only)."""
+    import optax
+
+    from jaxfast.losses import get_loss
+    from jaxfast.models.simple_cnn import mnist_resnet
+    from jaxfast.state import Task, create_train_state
+    from jaxfast.steps import train_step
+
+    rng = np.random.default_rng(0)
+    batch = {"inputs": rng.normal(size=(16, 28, 28, 1)).astype(np.float32) * 3 + 1,
+             "targets": rng.integers(0, 10, 16).astype(np.int32), "mask": np.ones(16, np.float32)}
+    stats = {}
+    for dtype in ("float32", "bfloat16"):
+        state = create_train_state(mnist_resnet(), batch["inputs"], optax.sgd(0.1),
+                                   Task(get_loss("cross_entropy"), (), dtype))
+        new_state, metrics = jax.jit(train_step)(state, batch)
+        stats[dtype] = jax.tree.leaves(new_state.batch_stats)
+        assert all(s.dtype == np.float32 for s in stats[dtype])
+        assert all(p.dtype == np.float32 for p in jax.tree.leaves(new_state.params))
+        assert np.isfinite(float(metrics["loss"]["sum"]))
+    for full, half in zip(stats["float32"], stats["bfloat16"]):
+        np.testing.assert_allclose(half, full, rtol=0.05, atol=0.02)
