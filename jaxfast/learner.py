@@ -317,8 +317,8 @@ class Learner:
             # Steps run ahead of their metrics: the loop reads the oldest `in_flight` steps'
             # metrics in one transfer once 2 * `in_flight` are unread, so the device always
             # has queued work and the host reads rarely. Where `runner.sync_each_step` (CPU
-            # collectives, see jaxfast.parallel) every step is read before the next. The
-            # next batches are sliced and copied to the device on a background thread.
+            # collectives, see jaxfast.parallel) every step is read before the next. On
+            # accelerators the next batches are prepared on a thread (`_device_batches`).
             in_flight = 0 if runner.sync_each_step else STEPS_IN_FLIGHT
             every = self.config.checkpoint_every_steps
             pending: list = []

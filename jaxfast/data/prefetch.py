@@ -1,9 +1,11 @@
 """Prepare the next batches on a background thread while the device runs the current step.
 
 Slicing numpy arrays (or pulling from tf.data) and copying to the device take ~0.1-0.3 ms
-per batch on this CPU, as long as a small model's whole train step; done on a thread they
-overlap with the step (XLA releases the GIL while it computes). The order of the batches
-is the order of the source iterator, so resume and reproducibility are unaffected.
+per batch, as long as a small model's whole train step; done on a thread they overlap with
+an accelerator's step (XLA releases the GIL while it waits). On a CPU backend the thread
+competes with XLA for the same cores, so the Learner uses it on accelerators only
+(`TrainConfig.prefetch_batches`). The order of the batches is the order of the source
+iterator, so resume and reproducibility are unaffected.
 """
 
 from __future__ import annotations
