@@ -1,8 +1,9 @@
-"""XLA's convolution vs the im2col lowering on this machine, per layer shape of the models.
+"""XLA's convolution vs the im2col and Winograd lowerings on this machine, per layer shape.
 
-For every conv shape of ResNet-18/34 (64 px and 32 px, bs 32) and lesson 7's MNIST
-ResNet (bs 128), prints the fwd+bwd median time of both lowerings (measured in
-alternation), their GFLOP/s, which one was faster, and which one
+For every conv shape of ResNet-18/34 (64 px and 32 px, bs 32), lesson 1's resnet18 at
+28 px (bs 64), ResNets at 128 px and lesson 7's MNIST ResNet (bs 128), prints the fwd+bwd
+median time of each lowering that applies (measured in alternation; Winograd only for
+3x3 stride-1 convs), their GFLOP/s, which one was faster, and which one
 `jaxfast.models.conv.choose_lowering` picks; the rule in conv.py comes from this table.
 A first layer's conv is timed without the input gradient, as in a train step.
 Run: python benchmarks/conv_bench.py [--repeats 9] [--set resnet mnist]
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 
 import common  # noqa: F401 - puts the repository on sys.path
 from common import interleaved_medians, load_average
-from jaxfast.models.conv import choose_lowering, conv2d, max_pool
+from jaxfast.models.conv import choose_lowering, conv2d, max_pool, winograd_applies
 
 # (batch, spatial, channels_in, channels_out, kernel, stride, input gradient needed)
 RESNET = [
@@ -36,7 +37,14 @@ MNIST = [
     (128, 7, 16, 16, 3, 1, True), (128, 7, 16, 32, 3, 2, True), (128, 4, 32, 32, 3, 1, True),
     (128, 4, 32, 16, 3, 2, True), (128, 2, 16, 16, 3, 1, True), (128, 2, 16, 10, 3, 2, True),
 ]
-SETS = {"resnet": RESNET, "mnist": MNIST}
+LESSON1 = [  # resnet18 on 28 px MNIST_SAMPLE, bs 64 (stage inputs 7, 4, 2, 1 px)
+    (64, 7, 64, 64, 3, 1, True), (64, 4, 128, 128, 3, 1, True), (64, 2, 256, 256, 3, 1, True),
+]
+LARGE = [  # stages of ResNets at 128 px and of a U-Net's decoder, bs 32 / 16
+    (32, 32, 64, 64, 3, 1, True), (32, 16, 128, 128, 3, 1, True), (16, 32, 64, 64, 3, 1, True),
+    (16, 64, 32, 32, 3, 1, True), (32, 14, 64, 64, 3, 1, True), (32, 12, 64, 64, 3, 1, True),
+]
+SETS = {"resnet": RESNET, "mnist": MNIST, "lesson1": LESSON1, "large": LARGE}
 
 
 def conv_fwd_bwd(lowering: str, k: int, stride: int, need_dx: bool):
@@ -58,21 +66,25 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", choices=sorted(SETS), default=sorted(SETS))
     args = parser.parse_args()
     print(f"backend {jax.default_backend()}, fwd+bwd, median of {args.repeats} in alternation, load {load_average()}")
-    print("| batch | HxW | cin | cout | k | s | dx | xla ms | im2col ms | xla GF/s | i2c GF/s | faster | rule |")
-    print("|" + " --- |" * 13)
+    print("| batch | HxW | cin | cout | k | s | dx | xla ms | im2col ms | winograd ms | xla GF/s | i2c GF/s "
+          "| wino GF/s | faster | rule |")
+    print("|" + " --- |" * 15)
     for shape in (s for name in args.set for s in SETS[name]):
         bs, hw, cin, cout, k, s, need_dx = shape
         x = jax.random.normal(jax.random.key(0), (bs, hw, hw, cin))
         kernel = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.01
         out_hw = -(-hw // s)
         flops = (3 if need_dx else 2) * 2 * bs * out_hw * out_hw * k * k * cin * cout  # nominal, padding included
-        med = interleaved_medians({lw: synced(conv_fwd_bwd(lw, k, s, need_dx), x, kernel) for lw in ("xla", "im2col")},
-                                  args.repeats, warmup=1)
         pad = ((k // 2, k // 2), (k // 2, k // 2))
+        lowerings = ("xla", "im2col", "winograd") if winograd_applies(kernel.shape, (s, s), pad) else ("xla", "im2col")
+        med = interleaved_medians({lw: synced(conv_fwd_bwd(lw, k, s, need_dx), x, kernel) for lw in lowerings},
+                                  args.repeats, warmup=1)
         rule = choose_lowering(x.shape, kernel.shape, (s, s), pad)
         faster = min(med, key=med.get)
-        print(f"| {bs} | {hw}x{hw} | {cin} | {cout} | {k} | {s} | {'y' if need_dx else 'n'} | {med['xla'] * 1e3:.1f} | "
-              f"{med['im2col'] * 1e3:.1f} | {flops / med['xla'] / 1e9:.1f} | {flops / med['im2col'] / 1e9:.1f} | "
+        ms = {lw: f"{med[lw] * 1e3:.1f}" if lw in med else "-" for lw in ("xla", "im2col", "winograd")}
+        gfs = {lw: f"{flops / med[lw] / 1e9:.1f}" if lw in med else "-" for lw in ("xla", "im2col", "winograd")}
+        print(f"| {bs} | {hw}x{hw} | {cin} | {cout} | {k} | {s} | {'y' if need_dx else 'n'} | {ms['xla']} | "
+              f"{ms['im2col']} | {ms['winograd']} | {gfs['xla']} | {gfs['im2col']} | {gfs['winograd']} | "
               f"{faster} | {rule}{'' if rule == faster else ' (!)'} |", flush=True)
     x = jax.random.normal(jax.random.key(0), (32, 32, 32, 64))
     pool = {lw: synced(jax.jit(jax.grad(lambda x, lw=lw: jnp.sum(max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), lw) ** 2))), x)

@@ -2,16 +2,19 @@
 chosen per shape and backend.
 
 `Conv` is a drop-in for `flax.linen.Conv` ('kernel' [kh, kw, in, out], 'bias' [out],
-NHWC). Its arithmetic is done by one of two lowerings, numerically equal forward and
-backward (tests/test_conv.py):
+NHWC). Its arithmetic is done by one of three lowerings, numerically equal forward and
+backward (tests/test_conv.py, tests/test_winograd.py):
 
-- 'xla':    `lax.conv_general_dilated`, XLA's own convolution;
-- 'im2col': the kh*kw shifted (strided) slices of the padded input concatenated on
-            the channel axis, then ONE matmul with the reshaped kernel.
+- 'xla':      `lax.conv_general_dilated`, XLA's own convolution;
+- 'im2col':   the kh*kw shifted (strided) slices of the padded input concatenated on
+              the channel axis, then ONE matmul with the reshaped kernel;
+- 'winograd': Winograd F(4x4, 3x3) for 3x3 stride-1 pad-1 convs (`jaxfast.models.winograd`):
+              36 batched matmuls between small transforms, 4x fewer multiplications.
 
 Why: XLA's CPU convolution is pathological at small spatial sizes with many channels
 (measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd ~1,100 ms through
-conv_general_dilated vs ~22 ms as im2col), while from 4x4 outputs up it is the fastest.
+conv_general_dilated vs ~22 ms as im2col), and from 4x4 outputs up Winograd beats it on the
+3x3 stride-1 convs that make up most of a ResNet (16x16x64, bs 32: 9.7 vs 19.9 ms).
 im2col leaves out the taps that only ever read padding (a 3x3 conv on a 1x1 map is one
 matmul with its centre tap: 50 ms -> 2 ms).
 `choose_lowering` encodes the rule measured on this machine (benchmarks/conv_bench.py
@@ -30,18 +33,30 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LOWERINGS = ("auto", "xla", "im2col")
+from jaxfast.models.winograd import TILE as WINOGRAD_TILE
+from jaxfast.models.winograd import winograd_conv3x3
+
+LOWERINGS = ("auto", "xla", "im2col", "winograd")
 # Replaces 'auto' everywhere when set (benchmarks: JAXFAST_CONV_LOWERING=xla measures XLA-only).
 _forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
 
-# The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2): im2col for outputs
-# of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512 1135 ms vs 22 ms), for
-# tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and for 1x1 convs with
-# >= 64 input channels (ties or better); XLA's conv everywhere else (it is up to 2.5x faster
-# from 4x4 outputs up, strided or not).
+# The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2), fwd+bwd:
+# - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs from 4x4 to 32x32
+#   pixels, at least 32 channels in and out and at least 64 output tiles of 4x4 in the batch:
+#   1.2-2x faster than the best of the others (16x16x64 bs 32: 9.7 ms vs XLA 19.9; 7x7x64
+#   bs 64: 5.2 vs 7.8). It loses on 2x2 maps (im2col 5x faster), 64x64x32 maps (XLA 1.6x) and
+#   <= 16 channels; with few tiles the kernel's transform (36 x cin x cout, twice per step)
+#   eats the gain (4x4x256 at bs 32, 32 tiles: 10.0 vs 11.6 alone, a loss inside the step);
+# - im2col for outputs of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512
+#   558 ms vs 12 ms), for tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and
+#   for 1x1 convs with >= 64 input channels (ties or better);
+# - XLA's conv everywhere else (strided 3x3 and 7x7 convs: ties or up to 2.5x faster).
 CPU_IM2COL_MAX_OUTPUT_PIXELS = 4
 CPU_IM2COL_MAX_PATCH = 16
 CPU_IM2COL_MIN_CHANNELS_1X1 = 64
+CPU_WINOGRAD_OUTPUT_PIXELS = (16, 1024)
+CPU_WINOGRAD_MIN_CHANNELS = 32
+CPU_WINOGRAD_MIN_TILES = 64
 
 
 def _output_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
@@ -57,14 +72,20 @@ def resolve_padding(padding, in_hw: Sequence[int], kernel_hw: Sequence[int], str
     return tuple(tuple(p) if not isinstance(p, int) else (p, p) for p in padding)
 
 
-def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None = None) -> str:
-    """'im2col' or 'xla' for this conv on `backend` (default: JAX's default backend)."""
+def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None = None, dtype=jnp.float32) -> str:
+    """'winograd', 'im2col' or 'xla' for this conv on `backend` (default: JAX's default backend)."""
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return "xla"
-    kh, kw, cin, _ = kernel_shape
+    kh, kw, cin, cout = kernel_shape
     pads = resolve_padding(padding, x_shape[1:3], (kh, kw), strides)
     out_pixels = _output_size(x_shape[1], kh, strides[0], pads[0]) * _output_size(x_shape[2], kw, strides[1], pads[1])
+    low, high = CPU_WINOGRAD_OUTPUT_PIXELS
+    tiles = x_shape[0] * -(-x_shape[1] // WINOGRAD_TILE) * -(-x_shape[2] // WINOGRAD_TILE)
+    if (winograd_applies(kernel_shape, strides, pads) and jnp.dtype(dtype) == jnp.float32
+            and low <= out_pixels <= high and min(cin, cout) >= CPU_WINOGRAD_MIN_CHANNELS
+            and tiles >= CPU_WINOGRAD_MIN_TILES):
+        return "winograd"
     if out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS or kh * kw * cin <= CPU_IM2COL_MAX_PATCH:
         return "im2col"
     if (kh, kw) == (1, 1) and cin >= CPU_IM2COL_MIN_CHANNELS_1X1:
@@ -95,13 +116,23 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowe
         raise ValueError(f"conv2d: input {x.shape} (NHWC) does not match kernel {kernel.shape} (HWIO)")
     strides = tuple(strides)
     if lowering == "auto":
-        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding)
+        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding, dtype=x.dtype)
     if lowering == "xla":
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+    if lowering == "winograd":
+        if not winograd_applies(kernel.shape, strides, resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)):
+            raise ValueError(f"the winograd lowering needs a 3x3 kernel, stride 1 and padding 1; got kernel "
+                             f"{kernel.shape}, strides {strides}, padding {padding}")
+        return winograd_conv3x3(x, kernel)
     return _conv_im2col(x, kernel, strides, padding)
+
+
+def winograd_applies(kernel_shape, strides, pads) -> bool:
+    """Whether `winograd_conv3x3` computes this conv: 3x3, stride 1, one pixel of padding."""
+    return tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and tuple(map(tuple, pads)) == ((1, 1), (1, 1))
 
 
 def _shifted_windows(x: jax.Array, window: tuple[int, int], strides, padding, pad_value=0.0) -> tuple[list, tuple]:
