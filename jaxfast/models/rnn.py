@@ -114,28 +114,40 @@ class LSTMModel(nn.Module):
         return nn.Dense(self.vocab_size, name="h_o")(activations)
 
 
-def _lstm_step(w_hh, carry, xw_t):
-    """One LSTM step from the precomputed input projection; also returns the gates."""
+def _gate_scales(n: int, dtype):
+    """Per-column (scale, offset) that turn one sigmoid over all four gates [i, f, g, o] into
+    sigmoid for i, f, o and tanh for g: tanh(z) = 2 * sigmoid(2z) - 1."""
+    is_g = jnp.arange(4 * n) // n == 2
+    return jnp.where(is_g, 2.0, 1.0).astype(dtype), jnp.where(is_g, -1.0, 0.0).astype(dtype)
+
+
+def _lstm_step(w_hh, scale, offset, carry, xw_t):
+    """One LSTM step from the precomputed input projection; also returns the gates.
+    All four gate activations are ONE elementwise pass over [B, 4n]: on CPU every separate
+    expression inside the loop is a separate kernel launch per step (fwd scan 30 -> 22 ms
+    for a 400 -> 256 layer at T 70, bs 32)."""
     c, h = carry
-    z = xw_t + h @ w_hh
     n = c.shape[-1]
-    i, f, o = nn.sigmoid(z[:, :n]), nn.sigmoid(z[:, n:2 * n]), nn.sigmoid(z[:, 3 * n:])
-    g = jnp.tanh(z[:, 2 * n:3 * n])
+    gates = scale * nn.sigmoid(scale * (xw_t + h @ w_hh)) + offset
+    i, f, g, o = gates[:, :n], gates[:, n:2 * n], gates[:, 2 * n:3 * n], gates[:, 3 * n:]
     c = f * c + i * g
     h = o * jnp.tanh(c)
-    return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+    return (c, h), (h, c, gates)
 
 
 def _lstm_fwd(x, w_ih, w_hh, bias, unroll):
     zeros = jnp.zeros((x.shape[1], w_hh.shape[0]), x.dtype)
     xw = x @ w_ih + bias  # every step's input projection in one matmul
-    _, (hs, cs, gates) = jax.lax.scan(functools.partial(_lstm_step, w_hh), (zeros, zeros), xw, unroll=unroll)
+    step = functools.partial(_lstm_step, w_hh, *_gate_scales(w_hh.shape[0], x.dtype))
+    _, (hs, cs, gates) = jax.lax.scan(step, (zeros, zeros), xw, unroll=unroll)
     return hs, (x, w_ih, w_hh, hs, cs, gates)
 
 
 def _lstm_bwd(unroll, res, dhs):
-    """Backward scan that only carries (dh, dc); the weight gradients are then ONE matmul
-    each over all steps instead of T small accumulations inside the loop."""
+    """Backward scan that only carries (dh, dc). Everything that does not depend on the
+    recurrence is computed for all steps at once before it, so the loop body is one
+    fused expression and one matmul; the weight gradients are then ONE matmul each over
+    all steps instead of T small accumulations inside the loop."""
     x, w_ih, w_hh, hs, cs, gates = res
     t, b, n = hs.shape
     # The transposed recurrent weight, made once: left to XLA, the loop's matmul reads
@@ -143,20 +155,22 @@ def _lstm_bwd(unroll, res, dhs):
     w_hh_t = jax.lax.optimization_barrier(w_hh.T)
     first = jnp.zeros((1, b, n), x.dtype)
     c_prev, h_prev = jnp.concatenate([first, cs[:-1]]), jnp.concatenate([first, hs[:-1]])
+    i, f, g, o = gates[..., :n], gates[..., n:2 * n], gates[..., 2 * n:3 * n], gates[..., 3 * n:]
+    tanh_c = jnp.tanh(cs)
+    # per step: dh = dh_out + dh_next;  dc = dc_next + dh * dc_dh;  dz = [dc, dc, dc, dh] * dz_dcdh
+    dc_dh = o * (1 - tanh_c * tanh_c)
+    dz_dcdh = jnp.concatenate([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], axis=-1)
 
     def step(carry, inputs):
         dh_next, dc_next = carry
-        dh_out, c, cp, gt = inputs
-        i, f, g, o = gt[:, :n], gt[:, n:2 * n], gt[:, 2 * n:3 * n], gt[:, 3 * n:]
+        dh_out, dc_dh_t, dz_dcdh_t, f_t = inputs
         dh = dh_out + dh_next
-        tc = jnp.tanh(c)
-        dc = dc_next + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g * g),
-                              dh * tc * o * (1 - o)], axis=-1)
-        return (dz @ w_hh_t, dc * f), dz
+        dc = dc_next + dh * dc_dh_t
+        dz = jnp.concatenate([dc, dc, dc, dh], axis=-1) * dz_dcdh_t
+        return (dz @ w_hh_t, dc * f_t), dz
 
     zeros = jnp.zeros((b, n), x.dtype)
-    _, dz = jax.lax.scan(step, (zeros, zeros), (dhs, cs, c_prev, gates), reverse=True, unroll=unroll)
+    _, dz = jax.lax.scan(step, (zeros, zeros), (dhs, dc_dh, dz_dcdh, f), reverse=True, unroll=unroll)
     dz = dz.reshape(t * b, 4 * n)
     return ((dz @ w_ih.T).reshape(x.shape), x.reshape(t * b, -1).T @ dz, h_prev.reshape(t * b, n).T @ dz,
             dz.sum(axis=0))
