@@ -42,11 +42,12 @@ _forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
 
 # The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2), fwd+bwd:
 # - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs from 4x4 to 32x32
-#   pixels, at least 32 channels in and out and at least 64 output tiles of 4x4 in the batch:
+#   pixels, at least 64 channels in and out and at least 64 output tiles of 4x4 in the batch:
 #   1.2-2x faster than the best of the others (16x16x64 bs 32: 9.7 ms vs XLA 19.9; 7x7x64
 #   bs 64: 5.2 vs 7.8). It loses on 2x2 maps (im2col 5x faster), 64x64x32 maps (XLA 1.6x) and
-#   <= 16 channels; with few tiles the kernel's transform (36 x cin x cout, twice per step)
-#   eats the gain (4x4x256 at bs 32, 32 tiles: 10.0 vs 11.6 alone, a loss inside the step);
+#   <= 16 channels, ties at 32 (while adding ~3 s of compile to lesson 7's MNIST ResNet); with
+#   few tiles the kernel's transform (36 x cin x cout, twice per step) eats the gain (4x4x256
+#   at bs 32, 32 tiles: 11.3 vs 16.2 alone, no gain inside the ResNet-18 step);
 # - im2col for outputs of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512
 #   558 ms vs 12 ms), for tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and
 #   for 1x1 convs with >= 64 input channels (ties or better);
@@ -55,7 +56,7 @@ CPU_IM2COL_MAX_OUTPUT_PIXELS = 4
 CPU_IM2COL_MAX_PATCH = 16
 CPU_IM2COL_MIN_CHANNELS_1X1 = 64
 CPU_WINOGRAD_OUTPUT_PIXELS = (16, 1024)
-CPU_WINOGRAD_MIN_CHANNELS = 32
+CPU_WINOGRAD_MIN_CHANNELS = 64
 CPU_WINOGRAD_MIN_TILES = 64
 
 
