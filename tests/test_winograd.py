@@ -59,18 +59,42 @@ def test_winograd_refuses_convs_it_does_not_compute():
 
 
 def test_a_resnet_block_trains_the_same_through_winograd():
-    """A 3x3 conv layer of 32 channels on 8x8 maps (the rule picks Winograd on CPU) gives
-    the same loss and gradients through both lowerings."""
-    from jaxfast.models.conv import Conv
+    """A 3x3 conv layer of 64 channels on 8x8 maps, batch 16 (the rule picks Winograd on
+    CPU), gives the same loss and gradients through both lowerings."""
+    from jaxfast.models.conv import Conv, choose_lowering
 
-    x = jax.random.normal(jax.random.key(3), (8, 8, 8, 32))
-    params = Conv(32, (3, 3), lowering="xla").init(jax.random.key(4), x)
+    x = jax.random.normal(jax.random.key(3), (16, 8, 8, 64))
+    assert choose_lowering(x.shape, (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "winograd"
+    params = Conv(64, (3, 3), lowering="xla").init(jax.random.key(4), x)
 
     def loss(lowering):
-        return lambda p: jnp.mean(jax.nn.relu(Conv(32, (3, 3), lowering=lowering).apply(p, x)) ** 2)
+        return lambda p: jnp.mean(jax.nn.relu(Conv(64, (3, 3), lowering=lowering).apply(p, x)) ** 2)
 
     lx, gx = jax.value_and_grad(loss("xla"))(params)
     lw, gw = jax.value_and_grad(loss("winograd"))(params)
     np.testing.assert_allclose(lw, lx, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(gw), jax.tree.leaves(gx)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_winograd_error_stays_small_at_many_channels():
+    """The rounding grows slowly with the contraction: bounded at 256 channels, as ResNets use."""
+    x = jax.random.normal(jax.random.key(5), (2, 8, 8, 256))
+    k = jax.random.normal(jax.random.key(6), (3, 3, 256, 256)) / 48.0
+    y_xla = conv2d(x, k, (1, 1), "SAME", "xla")
+    y_wino = jax.jit(winograd_conv3x3)(x, k)
+    np.testing.assert_allclose(y_wino, y_xla, rtol=0, atol=3e-5 * float(jnp.abs(y_xla).max()))
+
+
+def test_winograd_refuses_other_dtypes_and_the_rule_avoids_them():
+    x, k = jnp.zeros((2, 8, 8, 64), jnp.bfloat16), jnp.zeros((3, 3, 64, 64), jnp.float32)
+    with pytest.raises(ValueError, match="float32 only; got input bfloat16, kernel float32"):
+        conv2d(x, k, (1, 1), "SAME", "winograd")
+    # the rule sends a Winograd-shaped conv elsewhere when input and kernel dtypes differ
+    # (conv2d passes dtype=None then) or are not float32
+    from jaxfast.models.conv import choose_lowering
+
+    shape = ((32, 16, 16, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu")
+    assert choose_lowering(*shape) == "winograd"
+    assert choose_lowering(*shape, dtype=None) == "xla"
+    assert choose_lowering(*shape, dtype=jnp.bfloat16) == "xla"

@@ -12,9 +12,10 @@ backward (tests/test_conv.py, tests/test_winograd.py):
               36 batched matmuls between small transforms, 4x fewer multiplications.
 
 Why: XLA's CPU convolution is pathological at small spatial sizes with many channels
-(measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd ~1,100 ms through
-conv_general_dilated vs ~22 ms as im2col), and from 4x4 outputs up Winograd beats it on the
-3x3 stride-1 convs that make up most of a ResNet (16x16x64, bs 32: 9.7 vs 19.9 ms).
+(measured here: 3x3, 512 ch, 2x2 output, batch 32, fwd+bwd 558 ms through
+conv_general_dilated vs 12 ms as im2col), and Winograd beats it on most of the 3x3 stride-1
+convs of a ResNet (16x16x64, bs 32: 9.7 vs 19.9 ms), though not on large maps with few
+channels, 2x2 maps or small batches (the rule below says where).
 im2col leaves out the taps that only ever read padding (a 3x3 conv on a 1x1 map is one
 matmul with its centre tap: 50 ms -> 2 ms).
 `choose_lowering` encodes the rule measured on this machine (benchmarks/conv_bench.py
@@ -39,6 +40,8 @@ from jaxfast.models.winograd import winograd_conv3x3
 LOWERINGS = ("auto", "xla", "im2col", "winograd")
 # Replaces 'auto' everywhere when set (benchmarks: JAXFAST_CONV_LOWERING=xla measures XLA-only).
 _forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
+if _forced[0] not in (None, "xla", "im2col"):
+    raise ValueError(f"JAXFAST_CONV_LOWERING must be 'xla' or 'im2col' (every conv can take those), got {_forced[0]!r}")
 
 # The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2), fwd+bwd:
 # - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs from 4x4 to 32x32
@@ -74,7 +77,8 @@ def resolve_padding(padding, in_hw: Sequence[int], kernel_hw: Sequence[int], str
 
 
 def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None = None, dtype=jnp.float32) -> str:
-    """'winograd', 'im2col' or 'xla' for this conv on `backend` (default: JAX's default backend)."""
+    """'winograd', 'im2col' or 'xla' for this conv on `backend` (default: JAX's default backend).
+    `dtype`: the input's and kernel's common dtype, None when they differ (never Winograd)."""
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return "xla"
@@ -83,7 +87,7 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
     out_pixels = _output_size(x_shape[1], kh, strides[0], pads[0]) * _output_size(x_shape[2], kw, strides[1], pads[1])
     low, high = CPU_WINOGRAD_OUTPUT_PIXELS
     tiles = x_shape[0] * -(-x_shape[1] // WINOGRAD_TILE) * -(-x_shape[2] // WINOGRAD_TILE)
-    if (winograd_applies(kernel_shape, strides, pads) and jnp.dtype(dtype) == jnp.float32
+    if (winograd_applies(kernel_shape, strides, pads) and dtype is not None and jnp.dtype(dtype) == jnp.float32
             and low <= out_pixels <= high and min(cin, cout) >= CPU_WINOGRAD_MIN_CHANNELS
             and tiles >= CPU_WINOGRAD_MIN_TILES):
         return "winograd"
@@ -117,7 +121,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowe
         raise ValueError(f"conv2d: input {x.shape} (NHWC) does not match kernel {kernel.shape} (HWIO)")
     strides = tuple(strides)
     if lowering == "auto":
-        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding, dtype=x.dtype)
+        common_dtype = x.dtype if x.dtype == kernel.dtype else None
+        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding, dtype=common_dtype)
     if lowering == "xla":
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides),
@@ -127,6 +132,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowe
         if not winograd_applies(kernel.shape, strides, resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)):
             raise ValueError(f"the winograd lowering needs a 3x3 kernel, stride 1 and padding 1; got kernel "
                              f"{kernel.shape}, strides {strides}, padding {padding}")
+        if not x.dtype == kernel.dtype == jnp.float32:
+            raise ValueError(f"the winograd lowering computes in float32 only; got input {x.dtype}, kernel {kernel.dtype}")
         return winograd_conv3x3(x, kernel)
     return _conv_im2col(x, kernel, strides, padding)
 

@@ -114,7 +114,7 @@ class LSTMModel(nn.Module):
         return nn.Dense(self.vocab_size, name="h_o")(activations)
 
 
-def _gate_scales(n: int, dtype):
+def _gate_scales(n: int, dtype=jnp.float32):
     """Per-column (scale, offset) that turn one sigmoid over all four gates [i, f, g, o] into
     sigmoid for i, f, o and tanh for g: tanh(z) = 2 * sigmoid(2z) - 1."""
     is_g = jnp.arange(4 * n) // n == 2
@@ -128,7 +128,10 @@ def _lstm_step(w_hh, scale, offset, carry, xw_t):
     for a 400 -> 256 layer at T 70, bs 32)."""
     c, h = carry
     n = c.shape[-1]
-    gates = scale * nn.sigmoid(scale * (xw_t + h @ w_hh)) + offset
+    z = xw_t + h @ w_hh
+    # in float32 even under bf16/fp16 compute: 2 * sigmoid(2z) - 1 near z = 0 would keep
+    # only the narrow type's resolution around 0.5 (bf16: tanh(1e-3) -> 0)
+    gates = (scale * nn.sigmoid(scale * z.astype(jnp.float32)) + offset).astype(z.dtype)
     i, f, g, o = gates[:, :n], gates[:, n:2 * n], gates[:, 2 * n:3 * n], gates[:, 3 * n:]
     c = f * c + i * g
     h = o * jnp.tanh(c)
@@ -138,7 +141,7 @@ def _lstm_step(w_hh, scale, offset, carry, xw_t):
 def _lstm_fwd(x, w_ih, w_hh, bias, unroll):
     zeros = jnp.zeros((x.shape[1], w_hh.shape[0]), x.dtype)
     xw = x @ w_ih + bias  # every step's input projection in one matmul
-    step = functools.partial(_lstm_step, w_hh, *_gate_scales(w_hh.shape[0], x.dtype))
+    step = functools.partial(_lstm_step, w_hh, *_gate_scales(w_hh.shape[0], jnp.float32))
     _, (hs, cs, gates) = jax.lax.scan(step, (zeros, zeros), xw, unroll=unroll)
     return hs, (x, w_ih, w_hh, hs, cs, gates)
 
