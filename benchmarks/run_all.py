@@ -6,7 +6,9 @@ and loop_overhead_bench in this process, the jaxfast step with XLA-only convolut
 lowering rule, then lesson epochs (lesson 7's MNIST ResNet; `--lessons` adds lesson 1's
 resnet18 on MNIST_SAMPLE) in fresh processes, alternating the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
 PyTorch's OpenMP steps slow down 10x when another process competes for the 2 cores, so
-`--wait-load` waits (up to `--wait-max` s) for a quiet minute first.
+`--wait-load` waits (up to `--wait-max` s) for a quiet minute first. Last, allocator_bench
+times ResNet-18 64 px and the LM step in fresh processes under glibc's default malloc and
+with huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
 Run: python benchmarks/run_all.py [--quick] [--wait-load 1.0] [--out results.md]
 """
 
@@ -100,14 +102,16 @@ def main(argv=None) -> None:
         return
     import jax
 
+    import allocator_bench
     import loop_overhead_bench
     import lstm_bench
     import resnet_bench
     import tabular_collab_bench
 
     torch = import_torch()
+    # glibc's malloc settings change both frameworks' step times (benchmarks/allocator_bench.py)
     header = (f"jax {jax.__version__}, torch {torch.__version__ if torch else 'absent'}, {os.cpu_count()} CPU cores, "
-              f"start load {load_average()}")
+              f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, start load {load_average()}")
     print(header, flush=True)
     q = args.quick
     rows = resnet_bench.main(["--steps", "5" if q else "15", "--no-pipeline"])
@@ -120,6 +124,7 @@ def main(argv=None) -> None:
     pipeline = {"workload": "pipeline_vs_resnet18_64px", **resnet_bench.pipeline_vs_step(r18)}
     epochs = args.lesson_epochs or (2 if q else 3)
     lesson = [r for name in args.lessons for r in lesson_before_after(name, epochs, 1 if q or epochs == 1 else 2)]
+    malloc = allocator_bench.main(["--steps", "3", "--rounds", "1"] if q else []) if torch else []
     lines = ["", header, f"end load {load_average()}", "", "## Train steps, jaxfast vs PyTorch eager (speed-up > 1: jaxfast faster)",
              "", markdown_table(rows, COLUMNS)]
     if pipeline:  # noqa: SIM102
@@ -131,6 +136,9 @@ def main(argv=None) -> None:
     if lesson:
         lines += ["", "## Lesson epochs (python -m experiments.<lesson>; first epoch compiles), XLA-only vs rule", "",
                   markdown_table(lesson, list(lesson[0]))]
+    if malloc:
+        lines += ["", "## Both steps under glibc's default malloc and with huge pages (fresh processes)", "",
+                  markdown_table(malloc, list(malloc[0]))]
     text = "\n".join(lines)
     print(text)
     if args.out:
