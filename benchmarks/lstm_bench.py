@@ -8,7 +8,8 @@ projection of all steps in one matmul, scan of the recurrent matmul with fused g
 hand-written backward; checked equal to the flax cell first); `--cell flax` is
 nn.RNN(OptimizedLSTMCell), the layer of jaxfast.models.rnn.LSTMModel.
 GFLOP/s counts the matmuls (XLA's cost analysis counts a loop body once).
-Run: python benchmarks/lstm_bench.py [--steps 15] [--cell flax] [--unroll 2]
+`awd_lstm_3_layers_fwd_bwd` times the three recurrent layers alone (FusedLSTM vs nn.LSTM).
+Run: python benchmarks/lstm_bench.py [--steps 15] [--cell flax] [--unroll 2] [--only layers]
 """
 
 from __future__ import annotations
@@ -113,12 +114,51 @@ def bench(name: str, n_steps: int, torch, cell: str, unroll: int, tied: bool = T
     return row(name, med, best, compile_s, model_flops(classifier), tfirst)
 
 
+def bench_layers(n_steps: int, torch, unroll: int) -> dict:
+    """The three LSTM layers alone, fwd + bwd of a fixed projection of the last layer's output,
+    no optimizer: FusedLSTM vs nn.LSTM (oneDNN's fused RNN), to locate the LM step's gap."""
+    from common import compile_step
+    from jaxfast.models.rnn import lstm_scan
+
+    sizes = [EMB] + [HIDDEN] * (LAYERS - 1) + [EMB]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, BS, EMB)).astype(np.float32)  # time-major, as nn.LSTM takes it
+    cotangent = rng.standard_normal((T, BS, EMB)).astype(np.float32)
+    weights = [tuple(rng.uniform(-0.06, 0.06, shape).astype(np.float32)
+                     for shape in ((sizes[i], 4 * sizes[i + 1]), (sizes[i + 1], 4 * sizes[i + 1]), (4 * sizes[i + 1],)))
+               for i in range(LAYERS)]
+
+    def loss(weights, x):
+        for w_ih, w_hh, bias in weights:
+            x = lstm_scan(x, w_ih, w_hh, bias, unroll)
+        return jnp.sum(x * cotangent)
+
+    args = (jax.device_put(weights), jax.device_put(x))
+    compiled, compile_s = compile_step(jax.jit(jax.grad(loss, argnums=(0, 1))), *args)
+    fns, tfirst = {"jax": lambda: jax.block_until_ready(compiled(*args))}, None
+    if torch is not None:
+        torch.manual_seed(0)
+        layers = [torch.nn.LSTM(sizes[i], sizes[i + 1]) for i in range(LAYERS)]
+        tx, tct = torch.from_numpy(x).requires_grad_(), torch.from_numpy(cotangent)
+
+        def tstep():
+            h = tx
+            for layer in layers:
+                h = layer(h)[0]
+            (h * tct).sum().backward()
+
+        tfirst = timed_first(tstep)
+        fns["torch"] = tstep
+    med, best = medians_and_best(fns, n_steps)
+    return row("awd_lstm_3_layers_fwd_bwd", med, best, compile_s, model_flops(classifier=True), tfirst)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--cell", choices=["flax", "fused"], default="fused")
     parser.add_argument("--unroll", type=int, default=1)
-    parser.add_argument("--only", nargs="*", help="lm_tied lm_untied classifier")
+    parser.add_argument("--only", nargs="*", help="lm_tied lm_untied classifier layers")
     args = parser.parse_args(argv)
     check_fused_equals_flax()
     torch = import_torch()
@@ -127,6 +167,9 @@ def main(argv=None) -> list[dict]:
         if args.only and name not in args.only:
             continue
         rows.append(bench(f"awd_lstm_{name}", args.steps, torch, args.cell, args.unroll, **kw))
+        print(markdown_table(rows[-1:]).splitlines()[-1], f"(load {load_average()})", flush=True)
+    if args.cell == "fused" and (not args.only or "layers" in args.only):
+        rows.append(bench_layers(args.steps, torch, args.unroll))
         print(markdown_table(rows[-1:]).splitlines()[-1], f"(load {load_average()})", flush=True)
     print(f"\nLSTM train steps (cell {args.cell}, unroll {args.unroll}), load {load_average()}")
     print(markdown_table(rows))
