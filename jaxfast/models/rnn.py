@@ -122,7 +122,8 @@ def _gate_scales(n: int, dtype=jnp.float32):
 
 
 def _lstm_step(w_hh, bias, scale, offset, carry, xw_t):
-    """One LSTM step from the precomputed input projection; also returns the gates.
+    """One LSTM step from the precomputed input projection (the bias is added here, in the
+    same fused pass as the recurrent matmul's result); also returns the gates.
     All four gate activations are ONE elementwise pass over [B, 4n]: on CPU every separate
     expression inside the loop is a separate kernel launch per step (fwd scan 30 -> 22 ms
     for a 400 -> 256 layer at T 70, bs 32)."""
@@ -141,7 +142,7 @@ def _lstm_step(w_hh, bias, scale, offset, carry, xw_t):
 def _lstm_fwd(x, w_ih, w_hh, bias, unroll):
     zeros = jnp.zeros((x.shape[1], w_hh.shape[0]), x.dtype)
     # every step's input projection in one matmul; the bias is added inside the loop's gate
-    # pass, where it costs nothing (added here it is one more pass over [T, B, 4n])
+    # pass, with no extra pass over [T, B, 4n] (three layers fwd+bwd -2% on CPU)
     xw = x @ w_ih
     step = functools.partial(_lstm_step, w_hh, bias, *_gate_scales(w_hh.shape[0], jnp.float32))
     _, (hs, cs, gates) = jax.lax.scan(step, (zeros, zeros), xw, unroll=unroll)
@@ -172,11 +173,13 @@ def _lstm_bwd(unroll, res, dhs):
         dh = dh_out + dh_next
         dc = dc_next + dh * dc_dh_t
         dz = jnp.concatenate([dc, dc, dc, dh], axis=-1) * dz_dcdh_t
-        return (dz @ w_hh_t, dc * f_t), dz
+        return (dz @ w_hh_t, dc * f_t), (dc, dh)
 
     zeros = jnp.zeros((b, n), x.dtype)
-    _, dz = jax.lax.scan(step, (zeros, zeros), (dhs, dc_dh, dz_dcdh, f), reverse=True, unroll=unroll)
-    dz = dz.reshape(t * b, 4 * n)
+    # the loop stores (dc, dh), half the size of dz, and dz is rebuilt for all steps at once
+    # (fewer bytes zero-filled and written per step: three layers fwd+bwd -3% on CPU)
+    _, (dcs, dhs_total) = jax.lax.scan(step, (zeros, zeros), (dhs, dc_dh, dz_dcdh, f), reverse=True, unroll=unroll)
+    dz = (jnp.concatenate([dcs, dcs, dcs, dhs_total], axis=-1) * dz_dcdh).reshape(t * b, 4 * n)
     return ((dz @ w_ih.T).reshape(x.shape), x.reshape(t * b, -1).T @ dz, h_prev.reshape(t * b, n).T @ dz,
             dz.sum(axis=0))
 
