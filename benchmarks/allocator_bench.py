@@ -3,10 +3,11 @@ GLIBC_TUNABLES=glibc.malloc.hugetlb=1, each setting in fresh processes (it is re
 
 Why: XLA:CPU allocates one scratch buffer per execution (320 MB for the AWD-LSTM LM step) and
 frees it at the end; glibc serves anything over 32 MB with mmap/munmap, so every step faults
-every page of it in again (~79k minor faults, ~0.17 s of kernel time per LM step). PyTorch's
-eager ops do the same with their intermediates. `hugetlb=1` makes glibc back such blocks with
-transparent huge pages (this kernel's THP mode is `madvise`), 512x fewer faults. The table
-gives each framework's median step and minor faults per step under both settings.
+every page of it in again (~79k minor faults per LM step). PyTorch's eager ops fault as well.
+`hugetlb=1` (glibc >= 2.35, with the kernel's transparent huge pages set to `madvise` or
+`always`; the header prints both) makes glibc back such blocks with 2 MB pages: 56-78x fewer
+faults measured here. The table gives each framework's median step, minor page faults and
+kernel (system) CPU time per step under both settings.
 Run: python benchmarks/allocator_bench.py [--steps 9] [--rounds 2] [--only resnet18_64px]
 """
 
@@ -19,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -58,21 +60,37 @@ def build_steps(workload: str, torch) -> dict:
 
 
 def child(workload: str, n_steps: int) -> dict:
-    """Step seconds and minor page faults of each framework, steps in alternation."""
+    """Step seconds, minor page faults and kernel CPU seconds of each framework; one step of
+    each in turn, the order rotated every round (as common.interleaved_times does)."""
     steps = build_steps(workload, import_torch())
     for fn in steps.values():
         for _ in range(2):
             fn()
-    seconds = {name: [] for name in steps}
-    faults = {name: 0 for name in steps}
-    for _ in range(n_steps):
-        for name, fn in steps.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    names = list(steps)
+    seconds = {name: [] for name in names}
+    faults = {name: 0 for name in names}
+    kernel_s = {name: 0.0 for name in names}
+    for i in range(n_steps):
+        for name in names[i % 2:] + names[:i % 2]:
+            before = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
-            fn()
+            steps[name]()
             seconds[name].append(time.perf_counter() - t0)
-            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    return {name: {"s": seconds[name], "faults": faults[name] / n_steps} for name in steps}
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            faults[name] += after.ru_minflt - before.ru_minflt
+            kernel_s[name] += after.ru_stime - before.ru_stime
+    return {name: {"s": seconds[name], "faults": faults[name] / n_steps, "kernel_s": kernel_s[name] / n_steps}
+            for name in names}
+
+
+def host_memory_settings() -> str:
+    """glibc's version and the kernel's transparent-huge-page mode (hugetlb=1 needs both)."""
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        thp = "unknown"
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else "not glibc"
+    return f"{glibc}, transparent huge pages: {thp}"
 
 
 def run_child(workload: str, tunables: str | None, n_steps: int) -> dict:
@@ -80,8 +98,10 @@ def run_child(workload: str, tunables: str | None, n_steps: int) -> dict:
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     cmd = [sys.executable, __file__, "--child", workload, "--steps", str(n_steps)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{workload} with GLIBC_TUNABLES={tunables} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> list[dict]:
@@ -96,6 +116,7 @@ def main(argv=None) -> list[dict]:
         return []
     if import_torch() is None:
         return []
+    print(host_memory_settings(), flush=True)
     rows = []
     for workload in args.only or WORKLOADS:
         runs = {setting: [] for setting in SETTINGS}
@@ -105,11 +126,14 @@ def main(argv=None) -> list[dict]:
         for setting, results in runs.items():
             med = {fw: float(np.median([t for r in results for t in r[fw]["s"]])) for fw in ("jaxfast", "torch")}
             flt = {fw: float(np.mean([r[fw]["faults"] for r in results])) for fw in ("jaxfast", "torch")}
+            sys_ms = {fw: float(np.mean([r[fw]["kernel_s"] for r in results])) * 1e3 for fw in ("jaxfast", "torch")}
             rows.append({"workload": workload, "malloc": setting, "jaxfast ms": med["jaxfast"] * 1e3,
                          "torch ms": med["torch"] * 1e3, "speed-up": med["torch"] / med["jaxfast"],
-                         "jaxfast faults/step": flt["jaxfast"], "torch faults/step": flt["torch"]})
+                         "jaxfast faults/step": flt["jaxfast"], "torch faults/step": flt["torch"],
+                         "jaxfast kernel ms/step": sys_ms["jaxfast"], "torch kernel ms/step": sys_ms["torch"]})
             print(markdown_table(rows[-1:], list(rows[-1])).splitlines()[-1], f"(load {load_average()})", flush=True)
-    print(f"\nStep times by malloc setting (fresh processes, alternated), load {load_average()}")
+    print(f"\nStep times by malloc setting (fresh processes, alternated; kernel ms: CPU time of both cores "
+          f"in the kernel), {host_memory_settings()}, load {load_average()}")
     print(markdown_table(rows, list(rows[0])))
     return rows
 

@@ -127,7 +127,8 @@ COLUMNS = ["workload", "jaxfast ms", "torch ms", "speed-up", "speed-up (fastest 
            "torch 1st step s", "jax GFLOP/s", "torch GFLOP/s"]
 SPECS = {"jaxfast ms": ".1f", "torch ms": ".1f", "speed-up": ".2f", "speed-up (fastest steps)": ".2f",
          "compile s": ".1f", "torch 1st step s": ".2f", "jax GFLOP/s": ".1f", "torch GFLOP/s": ".1f",
-         "jaxfast faults/step": ".0f", "torch faults/step": ".0f"}
+         "jaxfast faults/step": ".0f", "torch faults/step": ".0f", "jaxfast kernel ms/step": ".0f",
+         "torch kernel ms/step": ".0f"}
 
 
 def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:

@@ -6,9 +6,10 @@ PoolingLinearClassifier ([last, max, mean] -> BN/50/ReLU -> BN/2) on the same en
 jaxfast's recurrent layers: `--cell fused` (default) is jaxfast.models.rnn.FusedLSTM (input
 projection of all steps in one matmul, scan of the recurrent matmul with fused gates,
 hand-written backward; checked equal to the flax cell first); `--cell flax` is
-nn.RNN(OptimizedLSTMCell), the layer of jaxfast.models.rnn.LSTMModel.
+nn.RNN(OptimizedLSTMCell), Flax's own cell.
 GFLOP/s counts the matmuls (XLA's cost analysis counts a loop body once).
-`awd_lstm_3_layers_fwd_bwd` times the three recurrent layers alone (FusedLSTM vs nn.LSTM).
+`awd_lstm_3_layers_fwd_bwd` times the three recurrent layers alone (FusedLSTM vs nn.LSTM;
+with `--cell fused` only).
 Run: python benchmarks/lstm_bench.py [--steps 15] [--cell flax] [--unroll 2] [--only layers]
 """
 
@@ -142,6 +143,9 @@ def bench_layers(n_steps: int, torch, unroll: int) -> dict:
         tx, tct = torch.from_numpy(x).requires_grad_(), torch.from_numpy(cotangent)
 
         def tstep():
+            tx.grad = None
+            for layer in layers:
+                layer.zero_grad(set_to_none=True)
             h = tx
             for layer in layers:
                 h = layer(h)[0]
