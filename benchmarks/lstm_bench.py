@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common  # noqa: F401 - puts the repository on sys.path
-from jaxfast.models.rnn import FusedLSTM
+from jaxfast.models.rnn import FusedLSTM, per_token
 from common import import_torch, jaxfast_step, medians_and_best, load_average, markdown_table, row, timed_first
 
 VOCAB, EMB, HIDDEN, LAYERS, T, BS = 10_000, 400, 256, 3, 70, 32
@@ -75,8 +75,9 @@ class LstmLM(nn.Module):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if self.n_classes is None:
             if self.tied:
-                return embed.attend(x) + self.param("decoder_bias", nn.initializers.zeros, (VOCAB,))
-            return nn.Dense(VOCAB, name="decoder")(x)
+                bias = self.param("decoder_bias", nn.initializers.zeros, (VOCAB,))
+                return per_token(lambda rows: embed.attend(rows) + bias, x)
+            return per_token(nn.Dense(VOCAB, name="decoder"), x)
         x = jnp.concatenate([x[:, -1], x.max(1), x.mean(1)], axis=-1)
         for i, (width, p) in enumerate(((50, 0.4), (self.n_classes, 0.1))):
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{i}")(x)

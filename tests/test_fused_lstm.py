@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfast.models.rnn import FusedLSTM, lstm_scan
+from flax import linen as nn
+
+from jaxfast.models.rnn import FusedLSTM, LSTMModel, lstm_scan, per_token
 
 
 def reference_lstm(x, w_ih, w_hh, bias):
@@ -45,3 +47,27 @@ def test_module_shapes():
     params = module.init(jax.random.key(1), x)
     assert module.apply(params, x).shape == (2, 6, 5)
     assert set(params["params"]) == {"kernel_ih", "kernel_hh", "bias"}
+
+
+def test_per_token_equals_the_layer_on_the_sequence():
+    """per_token(dense, x) over [B, T, D] gives the same outputs and gradients as the dense
+    layer applied to x directly, and LSTMModel keeps its decoder's parameter name."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3))
+    dense = nn.Dense(7)
+    params = dense.init(jax.random.key(1), x)
+    cotangent = jax.random.normal(jax.random.key(2), (2, 5, 7))
+
+    def loss(apply):
+        return lambda p, x: jnp.sum(apply(p, x) * cotangent)
+
+    direct = lambda p, x: dense.apply(p, x)
+    flat = lambda p, x: per_token(lambda rows: dense.apply(p, rows), x)
+    np.testing.assert_allclose(flat(params, x), direct(params, x), rtol=1e-6, atol=1e-6)
+    assert flat(params, x).shape == (2, 5, 7)
+    for got, want in zip(jax.tree.leaves(jax.grad(loss(flat), argnums=(0, 1))(params, x)),
+                         jax.tree.leaves(jax.grad(loss(direct), argnums=(0, 1))(params, x))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    model = LSTMModel(vocab_size=11, hidden=4, n_layers=1)
+    variables = model.init(jax.random.key(3), jnp.zeros((2, 5), jnp.int32))
+    assert variables["params"]["h_o"]["kernel"].shape == (4, 11)
+    assert model.apply(variables, jnp.zeros((2, 5), jnp.int32)).shape == (2, 5, 11)
