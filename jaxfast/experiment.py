@@ -50,10 +50,14 @@ def config_dict(config) -> dict:
 
 
 def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir", "progress")) -> None:
-    """Write config.json, or refuse when the workdir already holds a different one."""
+    """Write config.json, or refuse when the workdir already holds work (checkpoints,
+    history, metrics) of a run with a different config. A config.json alone, left by a run
+    that stopped before training (say, on a missing dataset), is replaced: rerunning with
+    the right --data-dir must not be refused."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
-    if path.exists():
+    holds_work = any(p.is_file() and p != path for p in workdir.rglob("*"))
+    if path.exists() and holds_work:
         old = json.loads(path.read_text())
         diff = {
             key: (old.get(key), config.get(key))

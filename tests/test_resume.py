@@ -73,6 +73,17 @@ def test_different_config_in_same_workdir_is_refused(tmp_path, fake_mnist_dir):
     assert "different config" in second.stderr and "lr_logistic" in second.stderr
 
 
+def test_run_that_stopped_before_training_does_not_lock_its_workdir(tmp_path, fake_mnist_dir):
+    """A first run that fails on its data leaves only config.json; the corrected rerun
+    (another --data-dir) trains in that workdir instead of being refused."""
+    common = ["-m", "experiments.lesson5_sgd_mnist", "--tiny", "--models", "logistic", "--workdir", str(tmp_path / "w")]
+    missing = _run([*common, "--data-dir", str(tmp_path / "no_such_dir")])
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert (tmp_path / "w" / "config.json").exists()
+    fixed = _run([*common, "--data-dir", str(fake_mnist_dir)])
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert str(fake_mnist_dir) in (tmp_path / "w" / "config.json").read_text()
+
 def _leaves(tree):
     import jax
 
