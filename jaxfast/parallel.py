@@ -28,11 +28,14 @@ PMAP_AXIS = "batch"
 MODES = ("auto", "single", "mesh", "pmap")
 
 # XLA:CPU maps a fresh scratch block for every call of a step and faults its pages in
-# (benchmarks/allocator_bench.py); the memory-optimised scheduler shrinks that block
-# (ResNet-18, 64 px, bs 32: 133 -> 83 MB; ResNet-34: 218 -> 118 MB) and the step with it
-# (-3%: 219 -> 213 ms, 415 -> 402 ms in one A/B run; 32 px, MNIST ResNet and the LSTM LM
-# within noise). Only the single-device CPU train step uses it: GPU/TPU compilers do not
-# take CPU options, and the multi-device CPU steps keep XLA's default order.
+# (benchmarks/allocator_bench.py); the memory-optimised scheduler shrinks that block and the
+# step with it, more so the larger the images (ResNet-18, bs 32, in one-process A/B runs: 64
+# px 133 -> 83 MB, 219 -> 213 ms; 128 px 481 -> 285 MB, 889 -> 849 ms; ResNet-34 64 px 218
+# -> 118 MB, 415 -> 402 ms). Small steps lose a little: the MNIST ResNet's 19 MB block is
+# under glibc's 32 MB mmap limit, so it is reused (0 faults per step) and its step is 4-5%
+# slower for nothing; the LSTM LM and ResNet-18 at 32 px are within noise. Only the single-
+# device CPU train step uses it: GPU/TPU compilers do not take CPU options, and the multi-
+# device CPU steps keep XLA's default order.
 CPU_TRAIN_STEP_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
