@@ -4,12 +4,14 @@
   their defaults; `--tiny` starts from the experiment's tiny variant (for tests);
 - `--workdir DIR` receives checkpoints, history.csv, PNG plots, `config.json` and
   `metrics.json` (`{"final": ..., "config": ..., "seconds": ...}`); rerunning the same
-  command resumes, and a different config in the same workdir is refused;
+  command resumes; a different config in a workdir holding trained work is refused, and so
+  is a second run while another one holds the workdir (`workdir_lock`);
 - the last line printed sums up the final metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import tyro
 
@@ -31,6 +38,10 @@ TINY_FLAG = "--tiny"
 
 class ConfigMismatch(RuntimeError):
     """The workdir holds a run made with other settings."""
+
+
+class WorkdirInUse(RuntimeError):
+    """Another run holds the workdir."""
 
 
 def parse_config(default: ConfigT, tiny: ConfigT, args: Sequence[str] | None = None, description: str = "") -> ConfigT:
@@ -49,6 +60,21 @@ def config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Hold an exclusive lock on `workdir/.lock` while a run uses the folder, so a second run
+    there (which would write the same checkpoints) is refused at once. The kernel releases
+    it when the process ends, killed or not, so a crashed run never leaves it held."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / ".lock", "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                raise WorkdirInUse(f"{workdir} is in use by another run; wait for it to end or use another --workdir") from err
+        yield
+
+
 def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir", "progress")) -> None:
     """Write config.json, or refuse when the workdir already holds work (checkpoints,
     history, metrics) of a run with a different config. A config.json alone, left by a run
@@ -56,7 +82,8 @@ def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir
     the right --data-dir must not be refused."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
-    holds_work = any(p.is_file() and p != path for p in workdir.rglob("*"))
+    holds_work = any(p.is_file() and p != path and not p.name.startswith(".") and not p.name.endswith(".tmp")
+                     for p in workdir.rglob("*"))
     if path.exists() and holds_work:
         old = json.loads(path.read_text())
         diff = {
@@ -102,12 +129,13 @@ def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, 
     workdir = Path(getattr(config, "workdir") or Path("runs") / type(config).__module__.split(".")[-1])
     start = time.time()
     try:
-        check_workdir(workdir, config_dict(config))
-        final = main(config, workdir)
-    except (DatasetUnavailable, TrainingDiverged, ConfigMismatch, FileNotFoundError, ValueError) as err:
+        with workdir_lock(workdir):
+            check_workdir(workdir, config_dict(config))
+            final = main(config, workdir)
+            seconds = time.time() - start
+            write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
+    except (DatasetUnavailable, TrainingDiverged, ConfigMismatch, WorkdirInUse, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    seconds = time.time() - start
-    write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
     print(summary_line(final, seconds), flush=True)
     return final

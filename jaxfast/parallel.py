@@ -33,9 +33,10 @@ MODES = ("auto", "single", "mesh", "pmap")
 # px 133 -> 83 MB, 219 -> 213 ms; 128 px 481 -> 285 MB, 889 -> 849 ms; ResNet-34 64 px 218
 # -> 118 MB, 415 -> 402 ms). Small steps lose a little: the MNIST ResNet's 19 MB block is
 # under glibc's 32 MB mmap limit, so it is reused (0 faults per step) and its step is 4-5%
-# slower for nothing; the LSTM LM and ResNet-18 at 32 px are within noise. Only the single-
-# device CPU train step uses it: GPU/TPU compilers do not take CPU options, and the multi-
-# device CPU steps keep XLA's default order.
+# slower for nothing; the LSTM LM is within noise and ResNet-18 at 32 px mixed (median +6%,
+# fastest steps -5%; unchanged in a second run). Only the single-device CPU train step uses
+# it: GPU/TPU compilers do not take CPU options, and the multi-device CPU steps keep XLA's
+# default order.
 CPU_TRAIN_STEP_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 

@@ -90,3 +90,34 @@ def test_lesson7_lstm_reaches_target(tmp_path):
     proc = run("lesson7_human_numbers", "--models", "lstm", "--workdir", str(tmp_path), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert final_metrics(tmp_path)["valid_accuracy"] >= 0.85  # fastai's GRU: 0.807
+
+
+def test_workdir_lock_refuses_a_second_run_and_is_released(tmp_path):
+    """While one run holds a workdir, another one there is refused at once; the lock is
+    gone when the first run ends."""
+    from jaxfast.experiment import WorkdirInUse, workdir_lock
+
+    with workdir_lock(tmp_path / "w"):
+        with pytest.raises(WorkdirInUse, match="in use by another run"):
+            with workdir_lock(tmp_path / "w"):
+                pass
+    with workdir_lock(tmp_path / "w"):
+        pass
+
+
+def test_check_workdir_ignores_lock_and_temp_files_but_not_work(tmp_path):
+    """A workdir with config.json, the lock and a stray temp file holds no work: a new
+    config replaces the old; once it holds a history, a different config is refused."""
+    from jaxfast.experiment import ConfigMismatch, check_workdir
+
+    workdir = tmp_path / "w"
+    check_workdir(workdir, {"lr": 0.1})
+    (workdir / ".lock").touch()
+    (workdir / "tmpab12.tmp").write_text("{")
+    check_workdir(workdir, {"lr": 0.2})
+    assert json.loads((workdir / "config.json").read_text()) == {"lr": 0.2}
+    (workdir / "model").mkdir()
+    (workdir / "model" / "history.csv").write_text("epoch\n")
+    with pytest.raises(ConfigMismatch, match="lr"):
+        check_workdir(workdir, {"lr": 0.3})
+    check_workdir(workdir, {"lr": 0.2})

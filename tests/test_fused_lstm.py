@@ -67,6 +67,10 @@ def test_per_token_equals_the_layer_on_the_sequence():
     for got, want in zip(jax.tree.leaves(jax.grad(loss(flat), argnums=(0, 1))(params, x)),
                          jax.tree.leaves(jax.grad(loss(direct), argnums=(0, 1))(params, x))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    general = nn.DenseGeneral((2, 3))  # several trailing output axes keep their shape
+    general_params = general.init(jax.random.key(4), x)
+    np.testing.assert_allclose(per_token(lambda rows: general.apply(general_params, rows), x),
+                               general.apply(general_params, x), rtol=1e-6, atol=1e-6)
     model = LSTMModel(vocab_size=11, hidden=4, n_layers=1)
     variables = model.init(jax.random.key(3), jnp.zeros((2, 5), jnp.int32))
     assert variables["params"]["h_o"]["kernel"].shape == (4, 11)

@@ -84,6 +84,7 @@ def test_run_that_stopped_before_training_does_not_lock_its_workdir(tmp_path, fa
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert str(fake_mnist_dir) in (tmp_path / "w" / "config.json").read_text()
 
+
 def _leaves(tree):
     import jax
 

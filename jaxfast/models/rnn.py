@@ -19,14 +19,14 @@ from jaxfast.models.registry import register
 
 
 def per_token(layer, x: jnp.ndarray) -> jnp.ndarray:
-    """`layer` ([N, D] -> [N, V], e.g. the vocabulary decoder) over x [B, T, D] -> [B, T, V],
+    """`layer` ([N, D] -> [N, ...], e.g. the vocabulary decoder) over x [B, T, D] -> [B, T, ...],
     applied to x flattened to [B*T, D]. XLA:CPU differentiates a [B, T, D] dot by
     transposing the whole [B, T, V] gradient for the weight gradient (a 90 MB copy for an
     AWD-LSTM LM's 10k-token decoder); over rows it reads the gradient in place (that LM's
     decoder + cross entropy, fwd+bwd: 385 -> 361 ms, benchmarks/RESULTS.md)."""
     batch_shape = x.shape[:-1]
     y = layer(x.reshape(-1, x.shape[-1]))
-    return y.reshape(*batch_shape, y.shape[-1])
+    return y.reshape(*batch_shape, *y.shape[1:])
 
 
 class LoopRNNCell(nn.Module):
