@@ -70,16 +70,21 @@ def medians_and_best(fns: dict[str, Callable[[], object]], n_steps: int = 25, wa
 
 
 def compile_step(fn, *args):
-    """(compiled executable, seconds to trace + lower + compile) of jitted `fn` on `args`."""
+    """(compiled executable, seconds to trace + lower + compile, flops of one call or None)
+    of jitted `fn` on `args`."""
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
+    lowered = fn.lower(*args)
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - t0, flops(lowered)
 
 
-def flops(compiled) -> float | None:
-    """Floating-point operations of one call, from XLA's cost analysis (None if unavailable)."""
+def flops(lowered) -> float | None:
+    """Floating-point operations of one call, from XLA's cost analysis of the HLO before the
+    backend's passes (None if unavailable: XLA's GPU backend gives none, see
+    device_bench.cpu_flops). The compiled program's analysis would miss the convolutions
+    that the GPU backend turns into cuDNN custom calls."""
     try:
-        cost = compiled.cost_analysis()
+        cost = lowered.cost_analysis()
     except Exception:  # noqa: BLE001 - not every backend has a cost model
         return None
     if isinstance(cost, (list, tuple)):
@@ -128,7 +133,7 @@ COLUMNS = ["workload", "jaxfast ms", "torch ms", "speed-up", "speed-up (fastest 
 SPECS = {"jaxfast ms": ".1f", "torch ms": ".1f", "speed-up": ".2f", "speed-up (fastest steps)": ".2f",
          "compile s": ".1f", "torch 1st step s": ".2f", "jax GFLOP/s": ".1f", "torch GFLOP/s": ".1f",
          "jaxfast faults/step": ".0f", "torch faults/step": ".0f", "jaxfast kernel ms/step": ".0f",
-         "torch kernel ms/step": ".0f"}
+         "torch kernel ms/step": ".0f", "jaxfast items/s": ".0f", "torch items/s": ".0f"}
 
 
 def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
@@ -146,12 +151,13 @@ def timed_first(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, lr: float = 1e-3, wd: float = 1e-2,
-                 eps: float = 1e-5, group_of_path=None, n_groups: int = 1, n_frozen: int = 0,
-                 compute_dtype: str = "float32", seed: int = 0):
-    """Compile jaxfast's jitted, donating train step for `model` on one batch, as Learner does.
+def build_jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, lr: float = 1e-3,
+                       wd: float = 1e-2, eps: float = 1e-5, group_of_path=None, n_groups: int = 1,
+                       n_frozen: int = 0, compute_dtype: str = "float32", seed: int = 0, device=None):
+    """jaxfast's jitted, donating train step for `model`, as Learner builds it, with its state
+    and one batch placed on `device` (default: the first local device), not yet compiled.
 
-    Returns (step callable, compile seconds, flops of one step or None)."""
+    Returns (jitted step, state, batch)."""
     from jaxfast.losses import get_loss
     from jaxfast.optim import label_layer_groups, make_optimizer
     from jaxfast.parallel import make_runner
@@ -165,8 +171,19 @@ def jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, lr: flo
     tx = make_optimizer(state.params, state.batch_stats, labels, lrs=[lr] * n_groups, opt="adam", wd=wd, eps=eps,
                         n_frozen_groups=n_frozen)
     state = state.with_optimizer(tx)
-    runner = make_runner("single")
+    runner = make_runner("single", None if device is None else [device])
     batch = runner.put_batch({"inputs": inputs, "targets": targets, "mask": np.ones(len(targets), np.float32)})
-    state = runner.put_state(state)
-    compiled, seconds = compile_step(runner.train_step, state, batch)
-    return jax_stepper(compiled, state, batch), seconds, flops(compiled)
+    return runner.train_step, runner.put_state(state), batch
+
+
+def jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, lr: float = 1e-3, wd: float = 1e-2,
+                 eps: float = 1e-5, group_of_path=None, n_groups: int = 1, n_frozen: int = 0,
+                 compute_dtype: str = "float32", seed: int = 0):
+    """Compile jaxfast's jitted, donating train step for `model` on one batch, as Learner does.
+
+    Returns (step callable, compile seconds, flops of one step or None)."""
+    train_step, state, batch = build_jaxfast_step(
+        model, inputs, targets, loss, lr=lr, wd=wd, eps=eps, group_of_path=group_of_path, n_groups=n_groups,
+        n_frozen=n_frozen, compute_dtype=compute_dtype, seed=seed)
+    compiled, seconds, n_flops = compile_step(train_step, state, batch)
+    return jax_stepper(compiled, state, batch), seconds, n_flops

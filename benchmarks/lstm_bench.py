@@ -136,7 +136,7 @@ def bench_layers(n_steps: int, torch, unroll: int) -> dict:
         return jnp.sum(x * cotangent)
 
     args = (jax.device_put(weights), jax.device_put(x))
-    compiled, compile_s = compile_step(jax.jit(jax.grad(loss, argnums=(0, 1))), *args)
+    compiled, compile_s, _ = compile_step(jax.jit(jax.grad(loss, argnums=(0, 1))), *args)
     fns, tfirst = {"jax": lambda: jax.block_until_ready(compiled(*args))}, None
     if torch is not None:
         torch.manual_seed(0)

@@ -1,9 +1,10 @@
 """PyTorch reference models with the same layer shapes as the jaxfast models benchmarked.
 
-Benchmark-only (jaxfast never imports torch). Layouts: torchvision's ResNet-18/34,
+Benchmark-only (jaxfast never imports torch). Layouts: torchvision's ResNet-18/34/50,
 lesson 7's MNIST ResNet (fastai v1 conv_layer = conv, ReLU, BN), fastai's cnn head,
 an AWD-LSTM-shaped LM / classifier, fastai's TabularModel and EmbeddingDotBias.
-`train_step` builds AdamW with fastai's setting (no decay on BatchNorm and biases).
+`train_step` builds AdamW with fastai's setting (no decay on BatchNorm and biases), on the
+CPU or (for benchmarks/device_bench.py) a GPU, optionally in bf16 autocast, channels-last.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
+    expansion = 1
+
     def __init__(self, cin: int, planes: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
@@ -30,26 +33,54 @@ class BasicBlock(nn.Module):
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class ResNet(nn.Module):
-    """torchvision's ResNet with BasicBlocks; `include_top=False` returns the feature map."""
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided: torchvision v1.5) -> 1x1 with 4x expansion."""
 
-    def __init__(self, stage_sizes, n_classes: int = 1000, include_top: bool = True):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or cin != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet; `include_top=False` returns the feature map."""
+
+    def __init__(self, stage_sizes, n_classes: int = 1000, include_top: bool = True, block=BasicBlock):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        layers, cin = [], 64
-        for i, n in enumerate(stage_sizes):
-            planes = 64 * 2**i
+        cin = 64
+        for i, n in enumerate(stage_sizes):  # torchvision's names: layer1.0.conv1.weight, ...
+            planes, blocks = 64 * 2**i, []
             for j in range(n):
-                layers.append(BasicBlock(cin, planes, 2 if i > 0 and j == 0 else 1))
-                cin = planes
-        self.layers = nn.Sequential(*layers)
+                blocks.append(block(cin, planes, 2 if i > 0 and j == 0 else 1))
+                cin = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.n_stages = len(stage_sizes)
         self.include_top = include_top
         self.fc = nn.Linear(cin, n_classes) if include_top else None
 
     def forward(self, x):
-        x = self.layers(self.maxpool(F.relu(self.bn1(self.conv1(x)))))
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for i in range(self.n_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(x.mean((2, 3))) if self.include_top else x
 
 
@@ -59,6 +90,10 @@ def resnet18(n_classes=1000, include_top=True):
 
 def resnet34(n_classes=1000, include_top=True):
     return ResNet((3, 4, 6, 3), n_classes, include_top)
+
+
+def resnet50(n_classes=1000, include_top=True):
+    return ResNet((3, 4, 6, 3), n_classes, include_top, block=Bottleneck)
 
 
 def conv_layer(cin: int, cout: int, stride: int = 1, bn_zero: bool = False) -> nn.Sequential:
@@ -208,17 +243,29 @@ def adamw(model: nn.Module, lr: float, wd: float = 1e-2, eps: float = 1e-5, beta
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
 
 
-def train_step(model: nn.Module, loss_fn, inputs: tuple, targets, **opt_kwargs):
-    """A zero-argument eager train step (forward, loss, backward, AdamW) returning the loss."""
+def train_step(model: nn.Module, loss_fn, inputs: tuple, targets, *, device: str = "cpu",
+               autocast_dtype: torch.dtype | None = None, channels_last: bool = False, **opt_kwargs):
+    """A zero-argument eager train step (forward, loss, backward, AdamW) returning the loss.
+
+    `device` moves model and batch there; `autocast_dtype` (e.g. torch.bfloat16) runs the
+    forward in torch.autocast (mixed precision, the loss in fp32); `channels_last` is the
+    NHWC memory format that cuDNN's tensor-core convolutions prefer."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    inputs = tuple(x.to(device, memory_format=memory_format) if channels_last and x.dim() == 4 else x.to(device)
+                   for x in inputs)
+    targets = targets.to(device)
     model.train()
     opt = adamw(model, **opt_kwargs)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(*inputs), targets)
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(*inputs)
+        loss = loss_fn(out.float(), targets)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # waits for the device: every step is timed to its end
 
     return step
 
