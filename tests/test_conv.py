@@ -8,6 +8,8 @@ import pytest
 
 from jaxfast.models.conv import Conv, choose_lowering, conv2d, max_pool
 
+pytestmark = pytest.mark.usefixtures("full_precision")  # equalities to 1e-5 on GPUs too
+
 CASES = [
     # x shape, kernel shape, strides, padding
     ((2, 5, 5, 3), (3, 3, 3, 4), (1, 1), "SAME"),
@@ -112,12 +114,17 @@ def test_forced_lowering_applies_to_auto_and_is_restored():
     from jaxfast.models import conv
 
     x, k = jnp.ones((1, 2, 2, 4)), jnp.ones((3, 3, 4, 4))
-    def ops(lowering):
+
+    def ops():
         return str(jax.make_jaxpr(lambda x, k: conv2d(x, k))(x, k))
-    rule = ops(None)
+
+    rule = ops()  # the rule's choice on this backend: im2col on the CPU, XLA on accelerators
     with conv.forced_lowering("xla"):
-        assert "conv_general_dilated" in ops(None)
-    assert "conv_general_dilated" not in rule and ops(None) == rule
+        assert "conv_general_dilated" in ops()
+    with conv.forced_lowering("im2col"):
+        assert "conv_general_dilated" not in ops()
+    assert ops() == rule
+    assert ("conv_general_dilated" in rule) == (jax.default_backend() != "cpu")
     with pytest.raises(ValueError, match="forced lowering"):
         with conv.forced_lowering("fft"):
             pass

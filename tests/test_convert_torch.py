@@ -15,6 +15,8 @@ from jaxfast.models.convert import (WeightMismatch, convert_state_dict, init_mod
 from jaxfast.models.registry import build_model
 from jaxfast.state import init_variables
 
+pytestmark = pytest.mark.usefixtures("full_precision")  # equalities to 1e-5 on GPUs too
+
 TOL = 1e-4
 CIFAR_FILES = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th",
                44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}

@@ -3,10 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flax import linen as nn
 
 from jaxfast.models.rnn import FusedLSTM, LSTMModel, lstm_scan, per_token
+
+pytestmark = pytest.mark.usefixtures("full_precision")  # equalities to 1e-5 on GPUs too
 
 
 def reference_lstm(x, w_ih, w_hh, bias):

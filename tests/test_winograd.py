@@ -8,6 +8,8 @@ import pytest
 from jaxfast.models.conv import conv2d
 from jaxfast.models.winograd import winograd_conv3x3
 
+pytestmark = pytest.mark.usefixtures("full_precision")  # equalities to 1e-5 on GPUs too
+
 
 @pytest.mark.parametrize("x_shape,cout", [
     ((2, 8, 8, 3), 4),      # whole tiles
