@@ -39,20 +39,49 @@ def test_reference_step_in_bf16_autocast_and_channels_last_learns():
     x = torch.from_numpy(rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 10, 8))
     model = tr.resnet18(10)
+    seen = []
+    model.conv1.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
     step = tr.train_step(model, torch.nn.functional.cross_entropy, (x,), y, autocast_dtype=torch.bfloat16,
                          channels_last=True, lr=1e-3)
     losses = [step() for _ in range(8)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+    images, out = seen[-1]
+    assert out.dtype == torch.bfloat16  # the convolution ran in bf16 ...
+    assert model.conv1.weight.dtype == torch.float32  # ... on fp32 master weights
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.conv1.weight.dtype == torch.float32  # autocast keeps fp32 params
 
 
 def test_device_benchmark_rows_compare_both_frameworks():
     needs_torch()
     import device_bench
 
-    rows = device_bench.main(["--tiny", "--steps", "2", "--only", "tabular_adult", "collab_embedding_dot_bias"])
-    assert [r["workload"] for r in rows] == ["tabular_adult", "collab_embedding_dot_bias"]
+    names = ["mnist_resnet_fp32", "tabular_adult", "collab_embedding_dot_bias"]
+    rows = device_bench.main(["--tiny", "--steps", "2", "--only", *names])
+    assert [r["workload"] for r in rows] == names  # images (NHWC -> NCHW) and tuples of inputs
     for r in rows:
         assert r["jaxfast ms"] > 0 and r["torch ms"] > 0
         assert r["speed-up"] == pytest.approx(r["torch ms"] / r["jaxfast ms"])
+    assert rows[0]["jaxfast TFLOP/s"] > 0 and rows[0]["torch TFLOP/s"] > 0  # flops of the lowered step
+
+
+def test_cpu_flop_count_is_the_steps_arithmetic():
+    """The count used where the device gives none is the step's arithmetic: three times the
+    forward convolutions' flops (taps that read only padding not counted), plus a little."""
+    needs_torch()
+    import device_bench
+
+    work = device_bench.workloads(tiny=True)["mnist_resnet_fp32"]
+    (images,), labels = work.make_batch(np.random.default_rng(0))
+    counted = device_bench.cpu_flops(work, images, labels)
+
+    def taps(n_in, n_out, stride):  # 3x3 taps inside the image (pad 1), along one axis
+        return sum(0 <= o * stride - 1 + t < n_in for o in range(n_out) for t in range(3))
+
+    # lesson 7's net on 28 px: (in, out, stride, cin, cout) of its 13 convs
+    convs = [(28, 14, 2, 1, 8), (14, 14, 1, 8, 8), (14, 14, 1, 8, 8), (14, 7, 2, 8, 16), (7, 7, 1, 16, 16),
+             (7, 7, 1, 16, 16), (7, 4, 2, 16, 32), (4, 4, 1, 32, 32), (4, 4, 1, 32, 32), (4, 2, 2, 32, 16),
+             (2, 2, 1, 16, 16), (2, 2, 1, 16, 16), (2, 1, 2, 16, 10)]
+    forward = sum(2 * work.batch * taps(i, o, s) ** 2 * cin * cout for i, o, s, cin, cout in convs)
+    # forward + the gradients of the weights and of the activations (not the images), + BN and AdamW
+    assert 2.8 * forward < counted < 3.4 * forward, counted / forward
