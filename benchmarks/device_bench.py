@@ -189,8 +189,13 @@ def main(argv=None) -> list[dict]:
               + (f", torch {torch.__version__} on {torch_device}"
                  + (f" ({torch.cuda.get_device_name()})" if torch_device == "cuda" else "") if torch else ""))
     print(header, flush=True)
+    known = workloads(args.tiny)
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; known{' with --tiny' if args.tiny else ''}: "
+                     f"{', '.join(known)}")
     rows, failed = [], []
-    for name, work in workloads(args.tiny).items():
+    for name, work in known.items():
         if args.only and name not in args.only:
             continue
         try:

@@ -85,3 +85,12 @@ def test_cpu_flop_count_is_the_steps_arithmetic():
     forward = sum(2 * work.batch * taps(i, o, s) ** 2 * cin * cout for i, o, s, cin, cout in convs)
     # forward + the gradients of the weights and of the activations (not the images), + BN and AdamW
     assert 2.8 * forward < counted < 3.4 * forward, counted / forward
+
+
+def test_device_benchmark_names_an_unknown_workload(capsys):
+    import device_bench
+
+    with pytest.raises(SystemExit):
+        device_bench.main(["--tiny", "--only", "resnet50_bf16_224px"])
+    err = capsys.readouterr().err
+    assert "unknown workload(s) resnet50_bf16_224px" in err and "resnet50_bf16_32px" in err
