@@ -2,7 +2,8 @@
 
 Workloads: ResNet-18/34 (torchvision layout) at 64 px and 32 px, bs 32; lesson 7's MNIST
 ResNet (28x28, bs 128); fastai's cnn head on a frozen ResNet-34 body (64 px, bs 32);
-and the tf.data pipeline's images/s with augmentation beside ResNet-18's train step.
+fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32 classes as CamVid, per-pixel cross
+entropy); and the tf.data pipeline's images/s with augmentation beside ResNet-18's train step.
 Run: python benchmarks/resnet_bench.py [--steps 25] [--lowering xla] [--only resnet18_64]
 """
 
@@ -24,6 +25,7 @@ def workloads():
     from jaxfast.models.heads import cnn_layer_groups, create_cnn
     from jaxfast.models.resnet import resnet18, resnet34
     from jaxfast.models.simple_cnn import mnist_resnet
+    from jaxfast.models.unet import dynamic_unet, unet_layer_groups
 
     import torch_reference as tr
 
@@ -38,14 +40,25 @@ def workloads():
         head, lambda: tr.cnn(tr.resnet34(include_top=False), 512, 37, freeze_body=True), 64, 3, 32, 37,
         dict(group_of_path=groups.group_of_path, n_groups=groups.n_groups, n_frozen=groups.n_groups - 1),
     )
+    unet = dynamic_unet("resnet34", 32)
+    groups = unet_layer_groups(unet)
+    out["unet_resnet34_128px"] = (unet, lambda: tr.unet("resnet34", 32), 128, 3, 8, 32,
+                                  dict(group_of_path=groups.group_of_path, n_groups=groups.n_groups))
     return out
+
+
+def make_batch(model, px: int, ch: int, bs: int, n_classes: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Random NHWC images and integer targets: one per image, or one per pixel for a U-Net."""
+    from jaxfast.models.unet import DynamicUnet
+
+    images = rng.standard_normal((bs, px, px, ch)).astype(np.float32)
+    target_shape = (bs, px, px) if isinstance(model, DynamicUnet) else (bs,)
+    return images, rng.integers(0, n_classes, target_shape).astype(np.int32)
 
 
 def bench(name, spec, n_steps: int, torch, compute_dtype: str = "float32") -> dict:
     jmodel, tfactory, px, ch, bs, n_classes, extra = spec
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((bs, px, px, ch)).astype(np.float32)
-    targets = rng.integers(0, n_classes, bs).astype(np.int32)
+    images, targets = make_batch(jmodel, px, ch, bs, n_classes, np.random.default_rng(0))
     jstep, compile_s, n_flops = jaxfast_step(jmodel, images, targets, compute_dtype=compute_dtype, **extra)
     fns = {"jax": jstep}
     tfirst = None
@@ -69,9 +82,7 @@ def lowering_speedup(name: str, n_steps: int) -> dict:
     from jaxfast.models.conv import forced_lowering
 
     jmodel, _, px, ch, bs, n_classes, extra = workloads()[name]
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((bs, px, px, ch)).astype(np.float32)
-    targets = rng.integers(0, n_classes, bs).astype(np.int32)
+    images, targets = make_batch(jmodel, px, ch, bs, n_classes, np.random.default_rng(0))
     with forced_lowering("xla"):
         xla_step = jaxfast_step(jmodel, images, targets, **extra)[0]
     rule_step = jaxfast_step(jmodel, images, targets, **extra)[0]

@@ -1,7 +1,8 @@
 """PyTorch reference models with the same layer shapes as the jaxfast models benchmarked.
 
 Benchmark-only (jaxfast never imports torch). Layouts: torchvision's ResNet-18/34/50,
-lesson 7's MNIST ResNet (fastai v1 conv_layer = conv, ReLU, BN), fastai's cnn head,
+lesson 7's MNIST ResNet (fastai v1 conv_layer = conv, ReLU, BN), fastai's cnn head and
+DynamicUnet (module names as `jaxfast.models.unet`, so a strict import fills every weight),
 an AWD-LSTM-shaped LM / classifier, fastai's TabularModel and EmbeddingDotBias.
 `train_step` builds AdamW with fastai's setting (no decay on BatchNorm and biases), on the
 CPU or (for benchmarks/device_bench.py) a GPU, optionally in bf16 autocast, channels-last.
@@ -77,10 +78,17 @@ class ResNet(nn.Module):
         self.include_top = include_top
         self.fc = nn.Linear(cin, n_classes) if include_top else None
 
-    def forward(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    def features(self, x) -> list:
+        """The last map of each resolution: the stem (before the max pool), then each stage."""
+        out = [F.relu(self.bn1(self.conv1(x)))]
+        x = self.maxpool(out[0])
         for i in range(self.n_stages):
             x = getattr(self, f"layer{i + 1}")(x)
+            out.append(x)
+        return out
+
+    def forward(self, x):
+        x = self.features(x)[-1]
         return self.fc(x.mean((2, 3))) if self.include_top else x
 
 
@@ -143,6 +151,97 @@ def cnn(body: nn.Module, nf: int, n_classes: int, freeze_body: bool) -> nn.Seque
                 for p in m.parameters(recurse=False):
                     p.requires_grad_(False)
     return nn.Sequential(body, CnnHead(nf, n_classes))
+
+
+class UnetConv(nn.Module):
+    """fastai v1 conv_layer(norm_type=None): conv with bias (kaiming normal, zero bias), ReLU."""
+
+    def __init__(self, cin: int, cout: int, ks: int = 3, activation: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, ks, padding=(ks - 1) // 2)
+        nn.init.kaiming_normal_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.activation = activation
+
+    def forward(self, x):
+        x = self.conv(x)
+        return F.relu(x) if self.activation else x
+
+
+class PixelShuffleICNR(nn.Module):
+    """fastai's PixelShuffle_ICNR: 1x1 conv to cout * 4 (ICNR init), ReLU, PixelShuffle(2), blur."""
+
+    def __init__(self, cin: int, cout: int, blur: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout * 4, 1)
+        base = nn.init.kaiming_normal_(torch.empty(cout, cin, 1, 1))
+        with torch.no_grad():  # ICNR: out channels 4c .. 4c+3 start equal
+            self.conv.weight.copy_(base.repeat_interleave(4, dim=0))
+            self.conv.bias.zero_()
+        self.blur = blur
+
+    def forward(self, x):
+        x = F.pixel_shuffle(F.relu(self.conv(x)), 2)
+        return F.avg_pool2d(F.pad(x, (1, 0, 1, 0), mode="replicate"), 2, stride=1) if self.blur else x
+
+
+class UnetBlock(nn.Module):
+    def __init__(self, up_in_c: int, x_in_c: int, final_div: bool, blur: bool):
+        super().__init__()
+        self.shuf = PixelShuffleICNR(up_in_c, up_in_c // 2, blur)
+        self.bn = nn.BatchNorm2d(x_in_c)
+        ni = up_in_c // 2 + x_in_c
+        self.n_out = ni if final_div else ni // 2
+        self.conv1, self.conv2 = UnetConv(ni, self.n_out), UnetConv(self.n_out, self.n_out)
+
+    def forward(self, up_in, skip):
+        up_out = self.shuf(up_in)
+        if up_out.shape[-2:] != skip.shape[-2:]:
+            up_out = F.interpolate(up_out, skip.shape[-2:], mode="nearest")
+        return self.conv2(self.conv1(F.relu(torch.cat([up_out, self.bn(skip)], 1))))
+
+
+class UnetResBlock(nn.Module):
+    def __init__(self, n: int, bottle: bool = False):
+        super().__init__()
+        inner = n // 2 if bottle else n
+        self.conv1, self.conv2 = UnetConv(n, inner), UnetConv(inner, n)
+
+    def forward(self, x):
+        return x + self.conv2(self.conv1(x))
+
+
+class DynamicUnet(nn.Module):
+    """fastai v1 unet_learner's model (norm_type=None, last_cross) on a ResNet `encoder`."""
+
+    def __init__(self, encoder: ResNet, n_classes: int, blur: bool = False, blur_final: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        expansion = encoder.layer1[0].expansion
+        widths = [64] + [64 * 2**i * expansion for i in range(encoder.n_stages)]
+        n = widths[-1]
+        self.bn = nn.BatchNorm2d(n)
+        self.middle = nn.Sequential(UnetConv(n, 2 * n), UnetConv(2 * n, n))
+        blocks = []
+        for i, skip_c in enumerate(reversed(widths[:-1])):
+            not_final = i != len(widths) - 2
+            blocks.append(UnetBlock(n, skip_c, not_final, blur and (not_final or blur_final)))
+            n = blocks[-1].n_out
+        self.blocks = nn.ModuleList(blocks)
+        self.shuf = PixelShuffleICNR(n, n)
+        self.res = UnetResBlock(n + 3)
+        self.final = UnetConv(n + 3, n_classes, ks=1, activation=False)
+
+    def forward(self, x):
+        *skips, y = self.encoder.features(x)
+        y = self.middle(F.relu(self.bn(y)))
+        for block, skip in zip(self.blocks, reversed(skips)):
+            y = block(y, skip)
+        return self.final(self.res(torch.cat([self.shuf(y), x], 1)))
+
+
+def unet(encoder: str = "resnet34", n_classes: int = 2, **kwargs) -> DynamicUnet:
+    return DynamicUnet(globals()[encoder](include_top=False), n_classes, **kwargs)
 
 
 class LstmEncoder(nn.Module):

@@ -17,6 +17,7 @@ import numpy as np
 
 import common  # noqa: F401 - puts the repository on sys.path
 from common import jaxfast_step, load_average, markdown_table, medians_and_best
+from resnet_bench import make_batch
 
 COLUMNS = ["workload", "without winograd ms", "with winograd ms", "speed-up", "compile s without", "compile s with"]
 
@@ -54,9 +55,7 @@ def main(argv=None) -> list[dict]:
     for name, (model, px, ch, bs, n_classes, extra) in workloads().items():
         if args.only and name not in args.only:
             continue
-        rng = np.random.default_rng(0)
-        images = rng.standard_normal((bs, px, px, ch)).astype(np.float32)
-        targets = rng.integers(0, n_classes, bs).astype(np.int32)
+        images, targets = make_batch(model, px, ch, bs, n_classes, np.random.default_rng(0))
         with winograd_left_out():
             without, compile_without, _ = jaxfast_step(model, images, targets, **extra)
         with_, compile_with, _ = jaxfast_step(model, images, targets, **extra)

@@ -43,4 +43,4 @@ def known_architectures() -> list[str]:
 
 def _import_builtin_models() -> None:
     """Import the modules that register jaxfast's own architectures."""
-    from jaxfast.models import collab, heads, mlp, resnet, rnn, simple_cnn, tabular  # noqa: F401
+    from jaxfast.models import collab, heads, mlp, resnet, rnn, simple_cnn, tabular, unet  # noqa: F401

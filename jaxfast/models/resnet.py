@@ -5,7 +5,8 @@ Module names follow the PyTorch state_dict keys with numeric indices joined by '
 `jaxfast.models.convert` uses to import torchvision/timm and CIFAR weights.
 
 * `ResNet`: ImageNet ResNet-18/34/50 (torchvision v1.5: stride on the 3x3 conv of a
-  Bottleneck). `include_top=False` cuts the model before the pooling (fastai's body).
+  Bottleneck). `include_top=False` cuts the model before the pooling (fastai's body);
+  `return_features=True` returns the last map of each resolution instead (a U-Net encoder).
 * `CifarResNet`: He et al.'s CIFAR ResNet-20/32/44/56 with option-A shortcuts
   (strided subsampling + zero channel padding), as in akamaster/pytorch_resnet_cifar10.
 """
@@ -86,6 +87,7 @@ class ResNet(nn.Module):
     block: str = "basic"
     n_classes: int = 1000
     include_top: bool = True
+    return_features: bool = False
     top_names: ClassVar[tuple[str, ...]] = ("fc",)
 
     @nn.compact
@@ -94,11 +96,16 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
         block = BLOCKS[self.block]
         x = nn.relu(batch_norm(train, "bn1")(conv(64, 7, 2, "conv1")(x)))
+        features = [x]  # 1/2: the stem, before the max pool
         x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = block(64 * 2**i, stride, name=f"layer{i + 1}_{j}")(x, train)
+            features.append(x)  # 1/4 ... 1/32: each stage's output
+        if self.return_features:
+            # Where fastai's DynamicUnet hooks a ResNet: the last layer of each resolution.
+            return features
         if not self.include_top:
             return x
         return nn.Dense(self.n_classes, name="fc")(jnp.mean(x, axis=(1, 2)))

@@ -1,0 +1,187 @@
+"""fastai v1's `DynamicUnet` (lesson 3, CamVid; lesson 7, image restoration), NHWC.
+
+The encoder is a ResNet body that returns the last feature map of each resolution
+(`ResNet(return_features=True)`: the stem at 1/2, then the four stages at 1/4 ... 1/32),
+which are the layers fastai's DynamicUnet hooks. From the deepest map up:
+
+    BatchNorm, ReLU, middle conv (ni -> 2ni -> ni)
+    a UnetBlock per skip map, deepest first: PixelShuffle_ICNR up (half the channels),
+        concat with BatchNorm(skip), ReLU, two conv layers (halving the channels at the last)
+    PixelShuffle_ICNR back to the input size, concat the input (`last_cross`), a res block
+    1x1 conv to `n_classes`, squashed into `y_range` when given
+
+As in `unet_learner(norm_type=None)`, the decoder's conv layers are conv (with bias) ->
+ReLU, without BatchNorm; the only decoder BatchNorms are the skip connections' and the
+one after the encoder. Module names follow `benchmarks/torch_reference.py`'s DynamicUnet
+so its weights load through `jaxfast.models.convert`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxfast.learner import LayerGroups
+from jaxfast.models.collab import scale_to_range
+from jaxfast.models.conv import Conv
+from jaxfast.models.registry import build_model, register
+
+KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch's kaiming_normal_
+
+
+def _bn(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def icnr_init(scale: int = 2, base_init=KAIMING):
+    """ICNR (Aitken et al. 2017): the kernel of a conv feeding a pixel shuffle starts with the
+    scale**2 sub-pixel outputs of each channel equal, so the shuffle starts as nearest-neighbour
+    upsampling (no checkerboard). Output channel c * scale**2 + s copies base channel c."""
+
+    def init(key, shape, dtype=jnp.float32):
+        *window, n_in, n_out = shape
+        if n_out % scale**2:
+            raise ValueError(f"ICNR: {n_out} output channels are not a multiple of scale**2 = {scale**2}")
+        base = base_init(key, (*window, n_in, n_out // scale**2), dtype)
+        return jnp.repeat(base, scale**2, axis=-1)
+
+    return init
+
+
+def pixel_shuffle(x: jax.Array, scale: int = 2) -> jax.Array:
+    """torch's PixelShuffle in NHWC: channel c * scale**2 + i * scale + j goes to
+    (row * scale + i, col * scale + j) of output channel c."""
+    b, h, w, c = x.shape
+    if c % scale**2:
+        raise ValueError(f"pixel_shuffle: {c} channels are not a multiple of scale**2 = {scale**2}")
+    x = x.reshape(b, h, w, c // scale**2, scale, scale)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * scale, w * scale, c // scale**2)
+
+
+def blur(x: jax.Array) -> jax.Array:
+    """fastai's blur after a pixel shuffle: replicate the last row and column, 2x2 average pool,
+    stride 1 (Sugawara et al. 2018: removes the rest of the checkerboard)."""
+    x = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")
+    return (x[:, :-1, :-1] + x[:, 1:, :-1] + x[:, :-1, 1:] + x[:, 1:, 1:]) / 4
+
+
+class ConvLayer(nn.Module):
+    """fastai v1 `conv_layer(norm_type=None)`: conv with bias, then ReLU unless `activation=False`."""
+
+    features: int
+    kernel: int = 3
+    activation: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        pad = (self.kernel - 1) // 2
+        x = Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
+                 kernel_init=KAIMING, name="conv")(x)
+        return nn.relu(x) if self.activation else x
+
+
+class PixelShuffleICNR(nn.Module):
+    """fastai's `PixelShuffle_ICNR(ni, nf, scale=2, blur)`: 1x1 conv to nf * scale**2 (ICNR init),
+    ReLU, pixel shuffle, optional blur."""
+
+    features: int
+    scale: int = 2
+    blur: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = Conv(self.features * self.scale**2, (1, 1), padding="VALID", kernel_init=icnr_init(self.scale),
+                 name="conv")(x)
+        x = pixel_shuffle(nn.relu(x), self.scale)
+        return blur(x) if self.blur else x
+
+
+class UnetBlock(nn.Module):
+    """fastai's UnetBlock: upsample the decoder's map, join the skip map, two conv layers."""
+
+    final_div: bool = True
+    blur: bool = False
+
+    @nn.compact
+    def __call__(self, up_in, skip, train: bool = False):
+        up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, name="shuf")(up_in)
+        if up_out.shape[1:3] != skip.shape[1:3]:  # odd sizes: nearest resize, as fastai
+            up_out = jax.image.resize(up_out, (*up_out.shape[:1], *skip.shape[1:3], up_out.shape[-1]), "nearest")
+        x = nn.relu(jnp.concatenate([up_out, _bn(train, "bn")(skip)], axis=-1))
+        n_in = x.shape[-1]
+        features = n_in if self.final_div else n_in // 2
+        return ConvLayer(features, name="conv2")(ConvLayer(features, name="conv1")(x))
+
+
+class ResBlock(nn.Module):
+    """fastai `res_block(nf, norm_type=None, bottle)`: x + conv_layer(conv_layer(x))."""
+
+    bottle: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        n = x.shape[-1]
+        inner = ConvLayer(n // 2 if self.bottle else n, name="conv1")(x)
+        return x + ConvLayer(n, name="conv2")(inner)
+
+
+class DynamicUnet(nn.Module):
+    """fastai's DynamicUnet on an `encoder` returning feature maps, finest first (see the module
+    docstring). The output has the input's size and `n_classes` channels. Sizes that are not
+    multiples of the encoder's stride (32 for a ResNet) are resized (nearest) where a skip map's
+    size differs, as fastai does; `last_cross` needs an even input size."""
+
+    encoder: nn.Module
+    n_classes: int
+    blur: bool = False
+    blur_final: bool = True
+    y_range: tuple[float, float] | None = None
+    last_cross: bool = True
+    bottle: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        features = self.encoder(x, train)
+        if not isinstance(features, (list, tuple)) or len(features) < 2:
+            raise ValueError("DynamicUnet's encoder must return its feature maps, finest first "
+                             "(e.g. a ResNet with return_features=True)")
+        *skips, deepest = features
+        n = deepest.shape[-1]
+        y = nn.relu(_bn(train, "bn")(deepest))
+        y = ConvLayer(n, name="middle_1")(ConvLayer(2 * n, name="middle_0")(y))
+        for i, skip in enumerate(reversed(skips)):
+            not_final = i != len(skips) - 1
+            y = UnetBlock(final_div=not_final, blur=self.blur and (not_final or self.blur_final),
+                          name=f"blocks_{i}")(y, skip, train)
+        if y.shape[1:3] != x.shape[1:3]:
+            y = PixelShuffleICNR(y.shape[-1], name="shuf")(y)
+        if self.last_cross:
+            if y.shape[1:3] != x.shape[1:3]:
+                raise ValueError(f"DynamicUnet: input of {x.shape[1]}x{x.shape[2]} px came back as "
+                                 f"{y.shape[1]}x{y.shape[2]}; use even sizes (multiples of 32 need no resizing inside)")
+            y = ResBlock(self.bottle, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1))
+        y = ConvLayer(self.n_classes, kernel=1, activation=False, name="final")(y)
+        return scale_to_range(y, self.y_range)
+
+
+def unet_layer_groups(model: DynamicUnet) -> LayerGroups:
+    """fastai's unet split: the encoder's two halves (its `body_group`), then the decoder."""
+    split = model.encoder.body_group
+
+    def group_of_path(path: tuple[str, ...]) -> int:
+        return split(path[1:]) if path[0] == "encoder" else 2
+
+    return LayerGroups(3, group_of_path)
+
+
+@register("unet")
+def dynamic_unet(encoder_arch: str = "resnet34", n_classes: int = 2, blur: bool = False, blur_final: bool = True,
+                 y_range=None, last_cross: bool = True, bottle: bool = False) -> DynamicUnet:
+    """fastai's unet_learner model: the registered ResNet `encoder_arch`, cut, under a DynamicUnet."""
+    encoder = build_model(encoder_arch, {"include_top": False})
+    if not hasattr(encoder, "return_features"):
+        raise ValueError(f"unet: encoder {encoder_arch!r} cannot return its feature maps; use an ImageNet ResNet "
+                         "(resnet18, resnet34, resnet50)")
+    y_range = None if y_range is None else (float(y_range[0]), float(y_range[1]))
+    return DynamicUnet(encoder.clone(return_features=True), n_classes, blur, blur_final, y_range, last_cross, bottle)
