@@ -1,7 +1,8 @@
 """XLA's convolution vs the im2col and Winograd lowerings on this machine, per layer shape.
 
 For every conv shape of ResNet-18/34 (64 px and 32 px, bs 32), lesson 1's resnet18 at
-28 px (bs 64), ResNets at 128 px and lesson 7's MNIST ResNet (bs 128), prints the fwd+bwd
+28 px (bs 64), ResNets at 128 px, lesson 7's MNIST ResNet (bs 128) and the decoder of a
+DynamicUnet (ResNet-34, 128 px, bs 8), prints the fwd+bwd
 median time of each lowering that applies (measured in alternation; Winograd only for
 3x3 stride-1 convs), their GFLOP/s, which one was faster, and which one
 `jaxfast.models.conv.choose_lowering` picks; the rule in conv.py comes from this table.
@@ -44,7 +45,12 @@ LARGE = [  # stages of ResNets at 128 px and of a U-Net's decoder, bs 32 / 16
     (32, 32, 64, 64, 3, 1, True), (32, 16, 128, 128, 3, 1, True), (16, 32, 64, 64, 3, 1, True),
     (16, 64, 32, 32, 3, 1, True), (32, 14, 64, 64, 3, 1, True), (32, 12, 64, 64, 3, 1, True),
 ]
-SETS = {"resnet": RESNET, "mnist": MNIST, "lesson1": LESSON1, "large": LARGE}
+UNET = [  # the decoder of fastai's DynamicUnet on ResNet-34 at 128 px, bs 8 (its 3x3 convs, widest first)
+    (8, 128, 99, 99, 3, 1, True), (8, 64, 192, 96, 3, 1, True), (8, 64, 96, 96, 3, 1, True),
+    (8, 32, 256, 256, 3, 1, True), (8, 16, 384, 384, 3, 1, True), (8, 8, 512, 512, 3, 1, True),
+    (8, 4, 512, 1024, 3, 1, True), (8, 4, 1024, 512, 3, 1, True),
+]
+SETS = {"resnet": RESNET, "mnist": MNIST, "lesson1": LESSON1, "large": LARGE, "unet": UNET}
 
 
 def conv_fwd_bwd(lowering: str, k: int, stride: int, need_dx: bool):

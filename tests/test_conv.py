@@ -73,11 +73,14 @@ def test_max_pool_ties_go_to_the_first_maximum_once():
 
 def test_choice_rule():
     # the rule measured by benchmarks/conv_bench.py on CPU: Winograd for float32 3x3 stride-1
-    # convs from 4x4 to 32x32 outputs with >= 64 channels and >= 64 tiles; im2col for <= 2x2
-    # outputs, tiny contractions and wide 1x1 convs; XLA everywhere else
+    # convs with >= 4x4 outputs, >= 64 channels and >= 64 tiles; im2col for <= 2x2 outputs,
+    # small batches of small maps with >= 128 channels, tiny contractions and wide 1x1 convs;
+    # XLA everywhere else
     assert choose_lowering((32, 16, 16, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "winograd"
     assert choose_lowering((32, 8, 8, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "cpu") == "winograd"
     assert choose_lowering((64, 7, 7, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "winograd"
+    assert choose_lowering((32, 56, 56, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "winograd"  # large maps
+    assert choose_lowering((8, 128, 128, 99), (3, 3, 99, 99), (1, 1), "SAME", "cpu") == "winograd"  # U-Net
     assert choose_lowering((32, 8, 8, 128), (3, 3, 128, 128), (1, 1), "SAME", "cpu", jnp.bfloat16) == "xla"
     assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "xla"  # 32 tiles
     assert choose_lowering((16, 64, 64, 32), (3, 3, 32, 32), (1, 1), "SAME", "cpu") == "xla"  # 64x64 map
@@ -86,6 +89,9 @@ def test_choice_rule():
     assert choose_lowering((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
     assert choose_lowering((32, 1, 1, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
     assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"
+    assert choose_lowering((8, 4, 4, 512), (3, 3, 512, 1024), (1, 1), "SAME", "cpu") == "im2col"  # 128 rows
+    assert choose_lowering((16, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "im2col"  # 256 rows
+    assert choose_lowering((8, 4, 4, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "xla"  # 64 channels
     assert choose_lowering((128, 4, 4, 32), (3, 3, 32, 16), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"
     assert choose_lowering((128, 28, 28, 1), (3, 3, 1, 8), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"
     assert choose_lowering((32, 16, 16, 64), (1, 1, 64, 128), (2, 2), "VALID", "cpu") == "im2col"

@@ -44,21 +44,27 @@ if _forced[0] not in (None, "xla", "im2col"):
     raise ValueError(f"JAXFAST_CONV_LOWERING must be 'xla' or 'im2col' (every conv can take those), got {_forced[0]!r}")
 
 # The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2), fwd+bwd:
-# - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs from 4x4 to 32x32
+# - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs of at least 4x4
 #   pixels, at least 64 channels in and out and at least 64 output tiles of 4x4 in the batch:
 #   1.2-2x faster than the best of the others (16x16x64 bs 32: 9.7 ms vs XLA 19.9; 7x7x64
-#   bs 64: 5.2 vs 7.8). It loses on 2x2 maps (im2col 5x faster), 64x64x32 maps (XLA 1.6x) and
+#   bs 64: 5.2 vs 7.8), on large maps too (56x56x64 bs 32: 190 vs 330; 64x64x96 bs 8: 98 vs
+#   152; a U-Net decoder's 128x128x99 bs 8: 467 vs 1965, where XLA's weight gradient runs at
+#   15 GFLOP/s). It loses on 2x2 maps (im2col 5x faster), 64x64x32 maps (XLA 1.4-1.6x) and
 #   <= 16 channels, ties at 32 (while adding ~3 s of compile to lesson 7's MNIST ResNet); with
 #   few tiles the kernel's transform (36 x cin x cout, twice per step) eats the gain (4x4x256
 #   at bs 32, 32 tiles: 11.3 vs 16.2 alone, no gain inside the ResNet-18 step);
 # - im2col for outputs of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512
-#   558 ms vs 12 ms), for tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and
+#   558 ms vs 12 ms), for small batches of small maps with >= 128 channels (batch x output
+#   pixels <= 256: 4x4x512 bs 4 6.7 vs 20.4 ms, 4x4x512->1024 bs 8 23.6 vs 66.8, 8x8x256
+#   bs 2 3.2 vs 4.5), for tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and
 #   for 1x1 convs with >= 64 input channels (ties or better);
 # - XLA's conv everywhere else (strided 3x3 and 7x7 convs: ties or up to 2.5x faster).
 CPU_IM2COL_MAX_OUTPUT_PIXELS = 4
+CPU_IM2COL_MAX_OUTPUT_ROWS = 256  # batch x output pixels, with >= CPU_IM2COL_MIN_CHANNELS_ROWS in
+CPU_IM2COL_MIN_CHANNELS_ROWS = 128
 CPU_IM2COL_MAX_PATCH = 16
 CPU_IM2COL_MIN_CHANNELS_1X1 = 64
-CPU_WINOGRAD_OUTPUT_PIXELS = (16, 1024)
+CPU_WINOGRAD_MIN_OUTPUT_PIXELS = 16
 CPU_WINOGRAD_MIN_CHANNELS = 64
 CPU_WINOGRAD_MIN_TILES = 64
 
@@ -85,13 +91,14 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
     kh, kw, cin, cout = kernel_shape
     pads = resolve_padding(padding, x_shape[1:3], (kh, kw), strides)
     out_pixels = _output_size(x_shape[1], kh, strides[0], pads[0]) * _output_size(x_shape[2], kw, strides[1], pads[1])
-    low, high = CPU_WINOGRAD_OUTPUT_PIXELS
     tiles = x_shape[0] * -(-x_shape[1] // WINOGRAD_TILE) * -(-x_shape[2] // WINOGRAD_TILE)
     if (winograd_applies(kernel_shape, strides, pads) and dtype is not None and jnp.dtype(dtype) == jnp.float32
-            and low <= out_pixels <= high and min(cin, cout) >= CPU_WINOGRAD_MIN_CHANNELS
+            and out_pixels >= CPU_WINOGRAD_MIN_OUTPUT_PIXELS and min(cin, cout) >= CPU_WINOGRAD_MIN_CHANNELS
             and tiles >= CPU_WINOGRAD_MIN_TILES):
         return "winograd"
     if out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS or kh * kw * cin <= CPU_IM2COL_MAX_PATCH:
+        return "im2col"
+    if x_shape[0] * out_pixels <= CPU_IM2COL_MAX_OUTPUT_ROWS and cin >= CPU_IM2COL_MIN_CHANNELS_ROWS:
         return "im2col"
     if (kh, kw) == (1, 1) and cin >= CPU_IM2COL_MIN_CHANNELS_1X1:
         return "im2col"
