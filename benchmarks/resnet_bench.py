@@ -1,8 +1,8 @@
 """Vision train steps, jaxfast vs PyTorch eager on the same model, batch and optimizer (AdamW).
 
-Workloads: ResNet-18/34 (torchvision layout) at 64 px and 32 px, bs 32; lesson 7's MNIST
-ResNet (28x28, bs 128); fastai's cnn head on a frozen ResNet-34 body (64 px, bs 32);
-fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32 classes as CamVid, per-pixel cross
+Workloads: ResNet-18/34 (torchvision layout) at 64 px and 32 px, bs 32, and ResNet-34 at
+lesson 1's 224 px (bs 16); lesson 7's MNIST ResNet (28x28, bs 128); fastai's cnn head on a
+frozen ResNet-34 body (64 px, bs 32); fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32 classes as CamVid, per-pixel cross
 entropy); and the tf.data pipeline's images/s with augmentation beside ResNet-18's train step.
 Run: python benchmarks/resnet_bench.py [--steps 25] [--lowering xla] [--only resnet18_64]
 """
@@ -33,6 +33,7 @@ def workloads():
     for depth, jmodel, tmodel in ((18, resnet18, tr.resnet18), (34, resnet34, tr.resnet34)):
         for px in (64, 32):
             out[f"resnet{depth}_{px}px"] = (jmodel(10), lambda t=tmodel: t(10), px, 3, 32, 10, {})
+    out["resnet34_224px_bs16"] = (resnet34(10), lambda: tr.resnet34(10), 224, 3, 16, 10, {})  # lesson 1's size
     out["mnist_resnet"] = (mnist_resnet(), tr.mnist_resnet, 28, 1, 128, 10, {})
     head = create_cnn("resnet34", 37)
     groups = cnn_layer_groups(head)

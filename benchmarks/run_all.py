@@ -1,7 +1,7 @@
 """Every jaxfast-vs-PyTorch benchmark in one run, ending with one table of every ratio.
 
-Runs resnet_bench (ResNet-18/34 at 64 and 32 px, the MNIST ResNet, the cnn head on a
-frozen body, the tf.data pipeline beside the ResNet-18 step), lstm_bench, tabular_collab_bench
+Runs resnet_bench (ResNet-18/34 at 64 and 32 px, ResNet-34 at 224 px, the MNIST ResNet, the cnn head on a
+frozen body, a DynamicUnet at 128 px, the tf.data pipeline beside the ResNet-18 step), lstm_bench, tabular_collab_bench
 and loop_overhead_bench in this process, the jaxfast step with XLA-only convolutions vs the
 lowering rule, then lesson epochs (lesson 7's MNIST ResNet; `--lessons` adds lesson 1's
 resnet18 on MNIST_SAMPLE) in fresh processes, alternating the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
