@@ -41,16 +41,22 @@ MNIST = [
 LESSON1 = [  # resnet18 on 28 px MNIST_SAMPLE, bs 64 (stage inputs 7, 4, 2, 1 px)
     (64, 7, 64, 64, 3, 1, True), (64, 4, 128, 128, 3, 1, True), (64, 2, 256, 256, 3, 1, True),
 ]
-LARGE = [  # stages of ResNets at 128 px and of a U-Net's decoder, bs 32 / 16
+LARGE = [  # stages of ResNets at 128 and 224 px and of a U-Net's decoder, bs 32 / 16 / 8
     (32, 32, 64, 64, 3, 1, True), (32, 16, 128, 128, 3, 1, True), (16, 32, 64, 64, 3, 1, True),
     (16, 64, 32, 32, 3, 1, True), (32, 14, 64, 64, 3, 1, True), (32, 12, 64, 64, 3, 1, True),
+    (32, 56, 64, 64, 3, 1, True), (16, 64, 64, 64, 3, 1, True), (8, 128, 64, 64, 3, 1, True),
+]
+SMALL_BATCH = [  # small maps in small batches (a U-Net's middle, inference on a few images)
+    (4, 4, 512, 512, 3, 1, True), (16, 4, 256, 256, 3, 1, True), (8, 4, 256, 256, 3, 1, True),
+    (2, 8, 256, 256, 3, 1, True), (8, 8, 256, 512, 3, 2, True), (8, 4, 64, 64, 3, 1, True),
+    (32, 4, 256, 256, 3, 1, True),
 ]
 UNET = [  # the decoder of fastai's DynamicUnet on ResNet-34 at 128 px, bs 8 (its 3x3 convs, widest first)
     (8, 128, 99, 99, 3, 1, True), (8, 64, 192, 96, 3, 1, True), (8, 64, 96, 96, 3, 1, True),
     (8, 32, 256, 256, 3, 1, True), (8, 16, 384, 384, 3, 1, True), (8, 8, 512, 512, 3, 1, True),
     (8, 4, 512, 1024, 3, 1, True), (8, 4, 1024, 512, 3, 1, True),
 ]
-SETS = {"resnet": RESNET, "mnist": MNIST, "lesson1": LESSON1, "large": LARGE, "unet": UNET}
+SETS = {"resnet": RESNET, "mnist": MNIST, "lesson1": LESSON1, "large": LARGE, "unet": UNET, "small_batch": SMALL_BATCH}
 
 
 def conv_fwd_bwd(lowering: str, k: int, stride: int, need_dx: bool):

@@ -1,9 +1,10 @@
 """Vision train steps, jaxfast vs PyTorch eager on the same model, batch and optimizer (AdamW).
 
-Workloads: ResNet-18/34 (torchvision layout) at 64 px and 32 px, bs 32, and ResNet-34 at
+Workloads: ResNet-18/34 (torchvision layout) at 64 and 32 px, bs 32, and ResNet-34 at
 lesson 1's 224 px (bs 16); lesson 7's MNIST ResNet (28x28, bs 128); fastai's cnn head on a
-frozen ResNet-34 body (64 px, bs 32); fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32 classes as CamVid, per-pixel cross
-entropy); and the tf.data pipeline's images/s with augmentation beside ResNet-18's train step.
+frozen ResNet-34 body (64 px, bs 32); fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32
+classes as CamVid, per-pixel cross entropy); and the tf.data pipeline's images/s with
+augmentation beside ResNet-18's train step.
 Run: python benchmarks/resnet_bench.py [--steps 25] [--lowering xla] [--only resnet18_64]
 """
 

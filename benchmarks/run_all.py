@@ -1,10 +1,11 @@
 """Every jaxfast-vs-PyTorch benchmark in one run, ending with one table of every ratio.
 
-Runs resnet_bench (ResNet-18/34 at 64 and 32 px, ResNet-34 at 224 px, the MNIST ResNet, the cnn head on a
-frozen body, a DynamicUnet at 128 px, the tf.data pipeline beside the ResNet-18 step), lstm_bench, tabular_collab_bench
-and loop_overhead_bench in this process, the jaxfast step with XLA-only convolutions vs the
-lowering rule, then lesson epochs (lesson 7's MNIST ResNet; `--lessons` adds lesson 1's
-resnet18 on MNIST_SAMPLE) in fresh processes, alternating the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
+Runs resnet_bench (ResNet-18/34 at 64 and 32 px, ResNet-34 at 224 px, the MNIST ResNet, the
+cnn head on a frozen body, a DynamicUnet at 128 px, the tf.data pipeline beside the ResNet-18
+step), lstm_bench, tabular_collab_bench and loop_overhead_bench in this process, the jaxfast
+step with XLA-only convolutions vs the lowering rule, then lesson epochs (lesson 7's MNIST
+ResNet; `--lessons` adds lesson 1's resnet18 on MNIST_SAMPLE) in fresh processes, alternating
+the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
 PyTorch's OpenMP steps slow down 10x when another process competes for the 2 cores, so
 `--wait-load` waits (up to `--wait-max` s) for a quiet minute first. Last, allocator_bench
 times ResNet-18 64 px and the LM step in fresh processes under glibc's default malloc and

@@ -185,11 +185,18 @@ class PixelShuffleICNR(nn.Module):
         return F.avg_pool2d(F.pad(x, (1, 0, 1, 0), mode="replicate"), 2, stride=1) if self.blur else x
 
 
+def batchnorm_2d(n: int) -> nn.BatchNorm2d:
+    """fastai's batchnorm_2d: the bias starts at 1e-3."""
+    bn = nn.BatchNorm2d(n)
+    nn.init.constant_(bn.bias, 1e-3)
+    return bn
+
+
 class UnetBlock(nn.Module):
     def __init__(self, up_in_c: int, x_in_c: int, final_div: bool, blur: bool):
         super().__init__()
         self.shuf = PixelShuffleICNR(up_in_c, up_in_c // 2, blur)
-        self.bn = nn.BatchNorm2d(x_in_c)
+        self.bn = batchnorm_2d(x_in_c)
         ni = up_in_c // 2 + x_in_c
         self.n_out = ni if final_div else ni // 2
         self.conv1, self.conv2 = UnetConv(ni, self.n_out), UnetConv(self.n_out, self.n_out)
@@ -220,7 +227,7 @@ class DynamicUnet(nn.Module):
         expansion = encoder.layer1[0].expansion
         widths = [64] + [64 * 2**i * expansion for i in range(encoder.n_stages)]
         n = widths[-1]
-        self.bn = nn.BatchNorm2d(n)
+        self.bn = batchnorm_2d(n)
         self.middle = nn.Sequential(UnetConv(n, 2 * n), UnetConv(2 * n, n))
         blocks = []
         for i, skip_c in enumerate(reversed(widths[:-1])):
@@ -229,19 +236,24 @@ class DynamicUnet(nn.Module):
             n = blocks[-1].n_out
         self.blocks = nn.ModuleList(blocks)
         self.shuf = PixelShuffleICNR(n, n)
-        self.res = UnetResBlock(n + 3)
-        self.final = UnetConv(n + 3, n_classes, ks=1, activation=False)
+        n_in = encoder.conv1.in_channels
+        self.res = UnetResBlock(n + n_in)
+        self.final = UnetConv(n + n_in, n_classes, ks=1, activation=False)
 
     def forward(self, x):
         *skips, y = self.encoder.features(x)
         y = self.middle(F.relu(self.bn(y)))
         for block, skip in zip(self.blocks, reversed(skips)):
             y = block(y, skip)
-        return self.final(self.res(torch.cat([self.shuf(y), x], 1)))
+        y = self.shuf(y)
+        if y.shape[-2:] != x.shape[-2:]:
+            y = F.interpolate(y, x.shape[-2:], mode="nearest")
+        return self.final(self.res(torch.cat([y, x], 1)))
 
 
 def unet(encoder: str = "resnet34", n_classes: int = 2, **kwargs) -> DynamicUnet:
-    return DynamicUnet(globals()[encoder](include_top=False), n_classes, **kwargs)
+    encoders = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+    return DynamicUnet(encoders[encoder](include_top=False), n_classes, **kwargs)
 
 
 class LstmEncoder(nn.Module):

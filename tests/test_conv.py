@@ -83,7 +83,7 @@ def test_choice_rule():
     assert choose_lowering((8, 128, 128, 99), (3, 3, 99, 99), (1, 1), "SAME", "cpu") == "winograd"  # U-Net
     assert choose_lowering((32, 8, 8, 128), (3, 3, 128, 128), (1, 1), "SAME", "cpu", jnp.bfloat16) == "xla"
     assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "xla"  # 32 tiles
-    assert choose_lowering((16, 64, 64, 32), (3, 3, 32, 32), (1, 1), "SAME", "cpu") == "xla"  # 64x64 map
+    assert choose_lowering((16, 64, 64, 32), (3, 3, 32, 32), (1, 1), "SAME", "cpu") == "xla"  # 32 channels
     assert choose_lowering((128, 7, 7, 16), (3, 3, 16, 16), (1, 1), "SAME", "cpu") == "xla"  # 16 channels
     assert choose_lowering((128, 4, 4, 32), (3, 3, 32, 32), (1, 1), "SAME", "cpu") == "xla"  # 32 channels
     assert choose_lowering((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), "SAME", "cpu") == "im2col"
@@ -91,6 +91,8 @@ def test_choice_rule():
     assert choose_lowering((32, 4, 4, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"
     assert choose_lowering((8, 4, 4, 512), (3, 3, 512, 1024), (1, 1), "SAME", "cpu") == "im2col"  # 128 rows
     assert choose_lowering((16, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "im2col"  # 256 rows
+    assert choose_lowering((17, 4, 4, 256), (3, 3, 256, 256), (1, 1), "SAME", "cpu") == "xla"  # 272 rows
+    assert choose_lowering((8, 8, 8, 256), (3, 3, 256, 512), (2, 2), "SAME", "cpu") == "im2col"  # strided, 128 rows
     assert choose_lowering((8, 4, 4, 64), (3, 3, 64, 64), (1, 1), "SAME", "cpu") == "xla"  # 64 channels
     assert choose_lowering((128, 4, 4, 32), (3, 3, 32, 16), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"
     assert choose_lowering((128, 28, 28, 1), (3, 3, 1, 8), (2, 2), ((1, 1), (1, 1)), "cpu") == "im2col"

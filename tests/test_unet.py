@@ -12,7 +12,7 @@ import pytest
 
 from jaxfast.models.convert import convert_state_dict
 from jaxfast.models.registry import build_model
-from jaxfast.models.unet import blur, icnr_init, pixel_shuffle, unet_layer_groups
+from jaxfast.models.unet import blur_shuffled, icnr_init, pixel_shuffle, resize_nearest, unet_layer_groups
 from test_convert_torch import needs_torch, randomise_bn, template
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -46,7 +46,7 @@ def test_icnr_makes_the_first_shuffle_a_nearest_neighbour_upsampling():
 
 def test_blur_averages_each_pixel_with_its_upper_left_neighbours():
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-    y = np.asarray(blur(x))[0, :, :, 0]
+    y = np.asarray(blur_shuffled(x))[0, :, :, 0]
     assert y.shape == (4, 4)
     assert y[2, 2] == pytest.approx((5 + 6 + 9 + 10) / 4)
     assert y[0, 0] == 0.0 and y[0, 2] == pytest.approx((1 + 2 + 1 + 2) / 4)  # replicated border
@@ -60,12 +60,37 @@ def resnet18_unet():
     return model, variables
 
 
-def test_unet_wiring_groups_and_clear_errors(resnet18_unet):
+def test_resize_nearest_reads_row_floor_of_d_times_in_over_out():
+    x = jnp.arange(24.0).reshape(1, 24, 1, 1) * jnp.ones((1, 1, 3, 1))
+    down = np.asarray(resize_nearest(x, (23, 3)))[0, :, 0, 0]
+    np.testing.assert_array_equal(down, np.arange(23) * 24 // 23)  # PyTorch's nearest: drops row 23
+    assert down[-1] == 22 and 11 in down
+    up = np.asarray(resize_nearest(x[:, :12], (23, 3)))[0, :, 0, 0]
+    np.testing.assert_array_equal(up, np.arange(23) * 12 // 23)
+    assert resize_nearest(x, (24, 3)) is x
+
+
+def test_resnet34_unet_has_fastais_layer_widths():
+    model = build_model("unet", {"encoder_arch": "resnet34", "n_classes": 32})
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))["params"]
+    kernel = {name: shapes[name]["conv"]["kernel"].shape for name in ("middle_0", "middle_1", "shuf", "final")}
+    assert kernel == {"middle_0": (3, 3, 512, 1024), "middle_1": (3, 3, 1024, 512), "shuf": (1, 1, 96, 384),
+                      "final": (1, 1, 99, 32)}
+    blocks = [(shapes[f"blocks_{i}"]["shuf"]["conv"]["kernel"].shape,
+               shapes[f"blocks_{i}"]["conv1"]["conv"]["kernel"].shape) for i in range(4)]
+    assert blocks == [((1, 1, 512, 1024), (3, 3, 512, 512)), ((1, 1, 512, 1024), (3, 3, 384, 384)),
+                      ((1, 1, 384, 768), (3, 3, 256, 256)), ((1, 1, 256, 512), (3, 3, 192, 96))]
+    assert shapes["res"]["conv1"]["conv"]["kernel"].shape == (3, 3, 99, 99)
+
+
+def test_unet_wiring_groups_and_sizes(resnet18_unet):
     model, variables = resnet18_unet
-    ranged = model.clone(y_range=(-1.0, 2.0))
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    y = jax.jit(ranged.apply, static_argnames="train")(variables, x, train=False)
-    assert y.shape == (2, 32, 32, 2) and float(y.min()) > -1 and float(y.max()) < 2
+    apply = jax.jit(lambda m, v, x: m.apply(v, x, train=False), static_argnums=0)
+    plain, ranged = apply(model, variables, x), apply(model.clone(y_range=(-1.0, 2.0)), variables, x)
+    assert plain.shape == (2, 32, 32, 2)
+    np.testing.assert_allclose(ranged, jax.nn.sigmoid(plain) * 3.0 - 1.0, rtol=1e-5, atol=1e-6)
+    assert float(variables["params"]["bn"]["bias"][0]) == pytest.approx(1e-3)  # fastai's batchnorm_2d
     groups = unet_layer_groups(model)
     by_group = {0: set(), 1: set(), 2: set()}
     for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]:
@@ -75,17 +100,16 @@ def test_unet_wiring_groups_and_clear_errors(resnet18_unet):
     assert by_group[1] == {"layer3_0", "layer3_1", "layer4_0", "layer4_1"}
     assert by_group[2] == {"bn", "middle_0", "middle_1", "blocks_0", "blocks_1", "blocks_2", "blocks_3", "shuf", "res",
                            "final"}
-    shape = jax.eval_shape(lambda x: model.apply(variables, x, train=False), jnp.zeros((1, 40, 40, 3))).shape
-    assert shape == (1, 40, 40, 2)  # 40 px: skips of 5x5 and 3x3, the upsampled maps resized to them
-    with pytest.raises(ValueError, match="input of 33x33 px came back as 34x34; use even sizes"):
-        jax.eval_shape(lambda x: model.apply(variables, x, train=False), jnp.zeros((1, 33, 33, 3)))
+    for px in (40, 33):  # maps resized to the skips (5x5, 3x3 at 40 px) and, at 33 px, 34 -> 33 at the end
+        shape = jax.eval_shape(lambda x: model.apply(variables, x, train=False), jnp.zeros((1, px, px, 3))).shape
+        assert shape == (1, px, px, 2)
     with pytest.raises(ValueError, match="cannot return its feature maps"):
         build_model("unet", {"encoder_arch": "simple_cnn"})
 
 
 @pytest.mark.usefixtures("full_precision")
-@pytest.mark.parametrize("encoder, blur_", [("resnet18", True), ("resnet34", False)])
-def test_unet_matches_a_pytorch_dynamic_unet(encoder, blur_):
+@pytest.mark.parametrize("encoder, blur_, px", [("resnet18", True, 33), ("resnet34", False, 64)])
+def test_unet_matches_a_pytorch_dynamic_unet(encoder, blur_, px):
     torch = needs_torch()
     import torch_reference as tr
 
@@ -95,12 +119,12 @@ def test_unet_matches_a_pytorch_dynamic_unet(encoder, blur_):
     state = {k: v.numpy() for k, v in ref.state_dict().items()}
     variables, report = convert_state_dict(state, template(model, 64))  # strict: every weight has its place
     assert len(report.loaded) == sum(not k.endswith("num_batches_tracked") for k in state)
-    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 3, px, px)).astype(np.float32)  # 33 px: every resize
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
     got = np.asarray(jax.jit(model.apply, static_argnames="train")(variables, jnp.asarray(x.transpose(0, 2, 3, 1)),
                                                                   train=False))
-    assert got.shape == expected.shape == (2, 64, 64, 5)
+    assert got.shape == expected.shape == (2, px, px, 5)
     assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
 
 

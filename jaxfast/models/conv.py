@@ -54,14 +54,17 @@ if _forced[0] not in (None, "xla", "im2col"):
 #   few tiles the kernel's transform (36 x cin x cout, twice per step) eats the gain (4x4x256
 #   at bs 32, 32 tiles: 11.3 vs 16.2 alone, no gain inside the ResNet-18 step);
 # - im2col for outputs of at most 2x2 pixels (XLA's conv is 10-50x slower there: 2x2x512
-#   558 ms vs 12 ms), for small batches of small maps with >= 128 channels (batch x output
-#   pixels <= 256: 4x4x512 bs 4 6.7 vs 20.4 ms, 4x4x512->1024 bs 8 23.6 vs 66.8, 8x8x256
-#   bs 2 3.2 vs 4.5), for tiny contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and
-#   for 1x1 convs with >= 64 input channels (ties or better);
-# - XLA's conv everywhere else (strided 3x3 and 7x7 convs: ties or up to 2.5x faster).
+#   558 ms vs 12 ms), for small batches of small maps with >= 128 input channels, strided or
+#   not (batch x output pixels <= 256: 4x4x512 bs 4 6.7 vs 20.4 ms, 4x4x512->1024 bs 8 23.6
+#   vs 66.8, 8x8x256 bs 2 3.2 vs 4.5, 8x8x256->512 stride 2 bs 8 5.5 vs 12.0), for tiny
+#   contractions (kh*kw*cin <= 16: single-channel stems, 1.8x) and for 1x1 convs with >= 64
+#   input channels (ties or better);
+# - XLA's conv everywhere else (strided 3x3 and 7x7 convs on larger batches: ties or up to
+#   2.5x faster).
+# Memory: Winograd's transformed maps are 2.25x the activation, im2col's patches kh*kw x.
 CPU_IM2COL_MAX_OUTPUT_PIXELS = 4
-CPU_IM2COL_MAX_OUTPUT_ROWS = 256  # batch x output pixels, with >= CPU_IM2COL_MIN_CHANNELS_ROWS in
-CPU_IM2COL_MIN_CHANNELS_ROWS = 128
+CPU_IM2COL_SMALL_BATCH_MAX_ROWS = 256  # batch x output pixels ...
+CPU_IM2COL_SMALL_BATCH_MIN_CHANNELS = 128  # ... with this many input channels or more
 CPU_IM2COL_MAX_PATCH = 16
 CPU_IM2COL_MIN_CHANNELS_1X1 = 64
 CPU_WINOGRAD_MIN_OUTPUT_PIXELS = 16
@@ -98,7 +101,7 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
         return "winograd"
     if out_pixels <= CPU_IM2COL_MAX_OUTPUT_PIXELS or kh * kw * cin <= CPU_IM2COL_MAX_PATCH:
         return "im2col"
-    if x_shape[0] * out_pixels <= CPU_IM2COL_MAX_OUTPUT_ROWS and cin >= CPU_IM2COL_MIN_CHANNELS_ROWS:
+    if x_shape[0] * out_pixels <= CPU_IM2COL_SMALL_BATCH_MAX_ROWS and cin >= CPU_IM2COL_SMALL_BATCH_MIN_CHANNELS:
         return "im2col"
     if (kh, kw) == (1, 1) and cin >= CPU_IM2COL_MIN_CHANNELS_1X1:
         return "im2col"

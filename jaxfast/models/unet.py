@@ -1,4 +1,4 @@
-"""fastai v1's `DynamicUnet` (lesson 3, CamVid; lesson 7, image restoration), NHWC.
+"""fastai v1's `DynamicUnet` (lesson 3, CamVid segmentation), NHWC.
 
 The encoder is a ResNet body that returns the last feature map of each resolution
 (`ResNet(return_features=True)`: the stem at 1/2, then the four stages at 1/4 ... 1/32),
@@ -6,14 +6,22 @@ which are the layers fastai's DynamicUnet hooks. From the deepest map up:
 
     BatchNorm, ReLU, middle conv (ni -> 2ni -> ni)
     a UnetBlock per skip map, deepest first: PixelShuffle_ICNR up (half the channels),
-        concat with BatchNorm(skip), ReLU, two conv layers (halving the channels at the last)
-    PixelShuffle_ICNR back to the input size, concat the input (`last_cross`), a res block
-    1x1 conv to `n_classes`, squashed into `y_range` when given
+        concat with BatchNorm(skip), ReLU, two conv layers (the last block's convs output
+        half of their input's channels, the others keep them)
+    PixelShuffle_ICNR back towards the input size (then a nearest resize if it differs),
+    concat the input (`last_cross`), a res block, a 1x1 conv to `n_classes`, squashed into
+    `y_range` when given
 
 As in `unet_learner(norm_type=None)`, the decoder's conv layers are conv (with bias) ->
 ReLU, without BatchNorm; the only decoder BatchNorms are the skip connections' and the
-one after the encoder. Module names follow `benchmarks/torch_reference.py`'s DynamicUnet
-so its weights load through `jaxfast.models.convert`.
+one after the encoder, whose biases start at 1e-3 as fastai's `batchnorm_2d`. Module names
+follow `benchmarks/torch_reference.py`'s DynamicUnet so its weights load through
+`jaxfast.models.convert`. Not here: lesson 7's restoration options (weight norm,
+self-attention).
+
+Memory: the full-resolution res block dominates. Its 3x3 convs take the Winograd lowering on
+CPU (jaxfast.models.conv), whose transformed maps are 2.25x the activation (CamVid at
+360x480, bs 8: ~1.2 GB each), against 9x for im2col.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ from jaxfast.learner import LayerGroups
 from jaxfast.models.collab import scale_to_range
 from jaxfast.models.conv import Conv
 from jaxfast.models.registry import build_model, register
+from jaxfast.models.resnet import KAIMING_FAN_IN as KAIMING  # torch's kaiming_normal_ (fastai's conv init)
 
-KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch's kaiming_normal_
 
-
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _decoder_bn(train: bool, name: str) -> nn.BatchNorm:
+    """fastai's batchnorm_2d: PyTorch's BatchNorm2d with the bias starting at 1e-3."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        bias_init=nn.initializers.constant(1e-3), name=name)
 
 
 def icnr_init(scale: int = 2, base_init=KAIMING):
@@ -59,9 +68,20 @@ def pixel_shuffle(x: jax.Array, scale: int = 2) -> jax.Array:
     return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * scale, w * scale, c // scale**2)
 
 
-def blur(x: jax.Array) -> jax.Array:
-    """fastai's blur after a pixel shuffle: replicate the last row and column, 2x2 average pool,
-    stride 1 (Sugawara et al. 2018: removes the rest of the checkerboard)."""
+def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """PyTorch's `F.interpolate(mode='nearest')` (fastai's resize) in NHWC: output row d reads
+    input row floor(d * in / out). (jax.image.resize's nearest rounds half-pixel centres and
+    picks other rows.) No-op when the size already matches."""
+    h, w = size
+    if tuple(x.shape[1:3]) == (h, w):
+        return x
+    rows = (jnp.arange(h) * x.shape[1]) // h
+    cols = (jnp.arange(w) * x.shape[2]) // w
+    return x[:, rows][:, :, cols]
+
+def blur_shuffled(x: jax.Array) -> jax.Array:
+    """fastai's blur after a pixel shuffle: replicate the first row and column (top, left), 2x2
+    average pool, stride 1 (Sugawara et al. 2018: removes the rest of the checkerboard)."""
     x = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")
     return (x[:, :-1, :-1] + x[:, 1:, :-1] + x[:, :-1, 1:] + x[:, 1:, 1:]) / 4
 
@@ -94,7 +114,7 @@ class PixelShuffleICNR(nn.Module):
         x = Conv(self.features * self.scale**2, (1, 1), padding="VALID", kernel_init=icnr_init(self.scale),
                  name="conv")(x)
         x = pixel_shuffle(nn.relu(x), self.scale)
-        return blur(x) if self.blur else x
+        return blur_shuffled(x) if self.blur else x
 
 
 class UnetBlock(nn.Module):
@@ -106,9 +126,8 @@ class UnetBlock(nn.Module):
     @nn.compact
     def __call__(self, up_in, skip, train: bool = False):
         up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, name="shuf")(up_in)
-        if up_out.shape[1:3] != skip.shape[1:3]:  # odd sizes: nearest resize, as fastai
-            up_out = jax.image.resize(up_out, (*up_out.shape[:1], *skip.shape[1:3], up_out.shape[-1]), "nearest")
-        x = nn.relu(jnp.concatenate([up_out, _bn(train, "bn")(skip)], axis=-1))
+        up_out = resize_nearest(up_out, skip.shape[1:3])  # sizes not multiples of 32, as fastai
+        x = nn.relu(jnp.concatenate([up_out, _decoder_bn(train, "bn")(skip)], axis=-1))
         n_in = x.shape[-1]
         features = n_in if self.final_div else n_in // 2
         return ConvLayer(features, name="conv2")(ConvLayer(features, name="conv1")(x))
@@ -128,9 +147,9 @@ class ResBlock(nn.Module):
 
 class DynamicUnet(nn.Module):
     """fastai's DynamicUnet on an `encoder` returning feature maps, finest first (see the module
-    docstring). The output has the input's size and `n_classes` channels. Sizes that are not
-    multiples of the encoder's stride (32 for a ResNet) are resized (nearest) where a skip map's
-    size differs, as fastai does; `last_cross` needs an even input size."""
+    docstring). The output has the input's size and `n_classes` channels; with sizes that are
+    not multiples of the encoder's stride (32 for a ResNet) the upsampled maps are resized
+    (PyTorch's nearest) to the skip maps and the input, as fastai does."""
 
     encoder: nn.Module
     n_classes: int
@@ -148,18 +167,15 @@ class DynamicUnet(nn.Module):
                              "(e.g. a ResNet with return_features=True)")
         *skips, deepest = features
         n = deepest.shape[-1]
-        y = nn.relu(_bn(train, "bn")(deepest))
+        y = nn.relu(_decoder_bn(train, "bn")(deepest))
         y = ConvLayer(n, name="middle_1")(ConvLayer(2 * n, name="middle_0")(y))
         for i, skip in enumerate(reversed(skips)):
             not_final = i != len(skips) - 1
             y = UnetBlock(final_div=not_final, blur=self.blur and (not_final or self.blur_final),
                           name=f"blocks_{i}")(y, skip, train)
         if y.shape[1:3] != x.shape[1:3]:
-            y = PixelShuffleICNR(y.shape[-1], name="shuf")(y)
+            y = resize_nearest(PixelShuffleICNR(y.shape[-1], name="shuf")(y), x.shape[1:3])
         if self.last_cross:
-            if y.shape[1:3] != x.shape[1:3]:
-                raise ValueError(f"DynamicUnet: input of {x.shape[1]}x{x.shape[2]} px came back as "
-                                 f"{y.shape[1]}x{y.shape[2]}; use even sizes (multiples of 32 need no resizing inside)")
             y = ResBlock(self.bottle, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1))
         y = ConvLayer(self.n_classes, kernel=1, activation=False, name="final")(y)
         return scale_to_range(y, self.y_range)
