@@ -35,7 +35,7 @@ from jaxfast.data.prefetch import prefetch
 from jaxfast.errors import TrainingDiverged
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
-from jaxfast.metrics import add_stats, finalize_all, get_metrics
+from jaxfast.metrics import Metric, add_stats, finalize_all, get_metrics
 from jaxfast.parallel import make_runner
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
@@ -95,7 +95,7 @@ class Learner:
         model,
         data: DataBunch,
         loss: str | Callable = "cross_entropy",
-        metrics: Sequence[str] = (),
+        metrics: Sequence[str | Metric] = (),
         *,
         layer_groups: LayerGroups = SINGLE_GROUP,
         config: TrainConfig = TrainConfig(),

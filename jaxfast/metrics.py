@@ -337,9 +337,10 @@ def get_metric(name: str) -> Metric:
     return factory()
 
 
-def get_metrics(names: Iterable[str]) -> tuple[Metric, ...]:
-    """Build several metrics by name, in order."""
-    return tuple(get_metric(name) for name in names)
+def get_metrics(names: Iterable[str | Metric]) -> tuple[Metric, ...]:
+    """Build several metrics by name, in order; a Metric (e.g. `accuracy_ignoring(30)`, which
+    takes a setting) is used as it is."""
+    return tuple(name if isinstance(name, Metric) else get_metric(name) for name in names)
 
 
 # ------------------------------------------------ training-loop helpers
