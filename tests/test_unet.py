@@ -1,5 +1,6 @@
-"""fastai's DynamicUnet in Flax: the pieces (pixel shuffle, ICNR, blur), the wiring (shapes,
-layer groups, bad sizes), equality with a PyTorch DynamicUnet, and learning a segmentation."""
+"""fastai's DynamicUnet in Flax: the pieces (pixel shuffle, ICNR, blur, resize), the wiring
+(shapes, widths, layer groups, odd sizes), equality with a PyTorch DynamicUnet, and learning
+CamVid's segmentation on real data."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxfast.models.convert import convert_state_dict
@@ -54,7 +54,7 @@ def test_blur_averages_each_pixel_with_its_upper_left_neighbours():
 
 @pytest.fixture(scope="module")
 def resnet18_unet():
-    """A two-class ResNet-18 U-Net and its variables (initialised once: the init compiles for ~9 s)."""
+    """A two-class ResNet-18 U-Net and its variables (the init compiles for ~9 s)."""
     model = build_model("unet", {"encoder_arch": "resnet18", "n_classes": 2})
     variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     return model, variables
@@ -128,48 +128,13 @@ def test_unet_matches_a_pytorch_dynamic_unet(encoder, blur_, px):
     assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
 
 
-def test_unet_learns_to_segment_squares(resnet18_unet):
-    """Per-pixel cross entropy on random images with a bright square: the loss falls and the
-    masks come out right."""
-    rng = np.random.default_rng(0)
-    n, px = 8, 32
-    images = rng.normal(0, 0.3, (n, px, px, 3)).astype(np.float32)
-    masks = np.zeros((n, px, px), np.int32)
-    for i in range(n):
-        r, c, s = rng.integers(0, 20), rng.integers(0, 20), rng.integers(6, 12)
-        images[i, r:r + s, c:c + s] += 1.5
-        masks[i, r:r + s, c:c + s] = 1
-    model, variables = resnet18_unet
-    params, stats = variables["params"], variables["batch_stats"]
-    tx = optax.adam(3e-3)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, stats, opt_state):
-        def loss_fn(p):
-            logits, new = model.apply({"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, masks).mean(), new["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    losses = []
-    for _ in range(15):
-        params, stats, opt_state, loss = step(params, stats, opt_state)
-        losses.append(float(loss))
-    logits = model.apply({"params": params, "batch_stats": stats}, images, train=False)
-    accuracy = float(np.mean(np.asarray(logits.argmax(-1)) == masks))
-    assert losses[-1] < 0.25 * losses[0], losses
-    assert accuracy > 0.95, accuracy
-
-
 def test_unet_learns_camvid_tiny_with_the_learner():
     """Real data: fastai's CAMVID_TINY (100 street scenes, 32 classes), at half size (48x64,
     so the decoder resizes to 3x4 and 2x2 skip maps), 80 images to train and 20 held out.
     Lesson 3's recipe from scratch (no pretrained encoder): cross entropy ignoring Void,
-    fit_one_cycle with the U-Net's layer groups. The majority class labels 28% of the held-out
-    pixels; the U-Net labels over half of them right."""
+    fit_one_cycle with the U-Net's layer groups (4 epochs: loss 3.5 -> 1.1, held-out pixel accuracy
+    0.66 here). The majority class labels 28% of the held-out pixels; the U-Net must label over
+    half of them right."""
     from PIL import Image
 
     from jaxfast.data.loader import ArrayLoader, DataBunch
@@ -198,7 +163,7 @@ def test_unet_learns_camvid_tiny_with_the_learner():
 
     learn = Learner(model, data, loss, [accuracy_ignoring(void)], layer_groups=unet_layer_groups(model),
                     config=TrainConfig(progress=False), log=lambda line: None)
-    learn.fit_one_cycle(6, 3e-3)
+    learn.fit_one_cycle(4, 3e-3)
     losses = learn.recorder.losses
     held_out = masks[valid]
     majority = np.bincount(masks[train][masks[train] != void]).argmax()
