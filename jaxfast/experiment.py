@@ -29,18 +29,18 @@ except ImportError:  # not POSIX: runs are not locked
 import tyro
 
 from jaxfast.data.download import DatasetUnavailable
-from jaxfast.errors import TrainingDiverged
+from jaxfast.errors import JaxfastError, TrainingDiverged
 
 ConfigT = TypeVar("ConfigT")
 
 TINY_FLAG = "--tiny"
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(JaxfastError, RuntimeError):
     """The workdir holds a run made with other settings."""
 
 
-class WorkdirInUse(RuntimeError):
+class WorkdirInUse(JaxfastError, RuntimeError):
     """Another run holds the workdir."""
 
 

@@ -33,6 +33,7 @@ from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import ArrayLoader, DataBunch
 from jaxfast.data.prefetch import prefetch
 from jaxfast.errors import TrainingDiverged
+from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
 from jaxfast.metrics import Metric, add_stats, finalize_all, get_metrics
@@ -44,21 +45,6 @@ from jaxfast.steps import loss_and_outputs_step, predict_step
 
 # Train steps dispatched ahead of the host reading their metrics (see Learner._epochs).
 STEPS_IN_FLIGHT = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerGroups:
-    """How an architecture's parameters split into groups (fastai's layer_groups).
-
-    `group_of_path` maps a parameter path (tuple of names) to a group index in
-    range(n_groups); the body comes first, the head last.
-    """
-
-    n_groups: int
-    group_of_path: Callable[[tuple[str, ...]], int]
-
-
-SINGLE_GROUP = LayerGroups(1, lambda path: 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups  # noqa: F401 - the groups' data, beside their optimizer code
+
 FROZEN = "frozen"
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from jaxfast.data.loader import ArrayLoader, DataBunch
 from jaxfast.export import load_export
-from jaxfast.learner import Learner, LayerGroups, TrainConfig, TrainingDiverged
+from jaxfast.layer_groups import LayerGroups
+from jaxfast.learner import Learner, TrainConfig, TrainingDiverged
 from jaxfast.models.mlp import mlp
 
 QUIET = TrainConfig(progress=False)
@@ -31,7 +32,7 @@ def make_data(bs=32, n=480):
                      ArrayLoader(x[cut:], y[cut:], bs))
 
 
-TWO_GROUPS = LayerGroups(2, lambda path: 0 if path[0] == "Dense_0" else 1)
+TWO_GROUPS = LayerGroups((("first", "^Dense_0/"), ("rest", "")))
 
 
 def learner(data=None, workdir=None, config=QUIET, **kw):

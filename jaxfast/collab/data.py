@@ -19,6 +19,7 @@ import pandas as pd
 
 from jaxfast.data.download import load_tfds_as_numpy
 from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.errors import InputError
 
 NA = "#na#"
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -26,7 +27,7 @@ DATA_DIR_HINT = "the ml-100k files (u.data, u.item) or fastai's ml_sample rating
 ITEM_KEYS = ("title", "id")
 
 
-class UnknownIdError(ValueError):
+class UnknownIdError(InputError):
     """A user or item id that the training split never saw."""
 
 

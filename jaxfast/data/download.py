@@ -14,8 +14,10 @@ import urllib.request
 
 import numpy as np
 
+from jaxfast.errors import JaxfastError
 
-class DatasetUnavailable(RuntimeError):
+
+class DatasetUnavailable(JaxfastError, RuntimeError):
     """The dataset is neither prepared locally nor downloadable from here."""
 
 

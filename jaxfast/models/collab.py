@@ -15,29 +15,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxfast.models.layers import emb_sz_rule, scale_to_range, trunc_normal
 from jaxfast.models.registry import register
 
 
-def trunc_normal(std: float = 0.01):
-    """fastai v1's embedding init: normal(0, 1) folded by fmod(2), times `std`."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jnp.fmod(jax.random.normal(key, shape, dtype), 2.0) * std
-
-    return init
 
 
-def scale_to_range(x: jax.Array, y_range) -> jax.Array:
-    """sigmoid(x) * (hi - lo) + lo, or x itself when y_range is None."""
-    if y_range is None:
-        return x
-    lo, hi = y_range
-    return jax.nn.sigmoid(x) * (hi - lo) + lo
 
 
-def emb_sz_rule(n_cat: int) -> int:
-    """fastai v1's embedding size for a category with `n_cat` values."""
-    return min(600, round(1.6 * n_cat**0.56))
 
 
 class EmbeddingDotBias(nn.Module):

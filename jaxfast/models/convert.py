@@ -28,11 +28,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfast.errors import InputError
+
 TORCH_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt")
 BN_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
-class WeightMismatch(ValueError):
+class WeightMismatch(InputError):
     """The file's tensors do not fit the model (names every key at fault)."""
 
 

@@ -16,14 +16,10 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfast.learner import LayerGroups
+from jaxfast.models.layers import KAIMING_FAN_IN as KAIMING  # fastai's init of the head
+from jaxfast.models.layers import batch_norm as _bn
 from jaxfast.models.registry import build_model, register
-
-KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # fastai's init of the head
-
-
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+from jaxfast.layer_groups import LayerGroups
 
 
 class CnnHead(nn.Module):
@@ -65,19 +61,12 @@ class CNN(nn.Module):
 
 
 def cnn_layer_groups(model: CNN) -> LayerGroups:
-    """(body first half, body second half, head) when the body has `body_group`, else (body, head)."""
-    split = getattr(model.body, "body_group", None)
+    """(body first half, body second half, head) when the body has `first_half_regex`, else (body, head)."""
+    split = getattr(model.body, "first_half_regex", None)
     if split is None:
-        return LayerGroups(2, lambda path: _top(path, 1))
-    return LayerGroups(3, lambda path: _top(path, 2) if path[0] == "head" else split(path[1:]))
-
-
-def _top(path: tuple[str, ...], head_group: int) -> int:
-    if path[0] == "head":
-        return head_group
-    if path[0] == "body":
-        return 0
-    raise ValueError(f"param {'/'.join(path)} is neither in 'body' nor in 'head'")
+        return LayerGroups((("body", "^body/"), ("head", "^head/")))
+    first_half = split().removeprefix("^")
+    return LayerGroups((("body_0", f"^body/{first_half}"), ("body_1", "^body/"), ("head", "^head/")))
 
 
 @register("cnn")

@@ -20,16 +20,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxfast.models.conv import Conv, max_pool
+from jaxfast.models.layers import KAIMING_FAN_IN, KAIMING_FAN_OUT, batch_norm
 from jaxfast.models.registry import register
 
-# torch's kaiming_normal_: fan_out for torchvision's convs, fan_in (the default) for akamaster's.
-KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-KAIMING_FAN_IN = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    """PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 def conv(features: int, kernel: int, stride: int, name: str, init=KAIMING_FAN_OUT) -> Conv:
@@ -110,9 +105,10 @@ class ResNet(nn.Module):
             return x
         return nn.Dense(self.n_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
 
-    def body_group(self, path: tuple[str, ...]) -> int:
-        """fastai's resnet split: the stem and the first half of the stages, then the rest."""
-        return _stage_group(path, len(self.stage_sizes))
+    def first_half_regex(self) -> str:
+        """fastai's resnet split: the stem and the first half of the stages (the rest of the
+        body is the second group); a regex over the body's '/'-joined param paths."""
+        return _first_stages_regex(len(self.stage_sizes) // 2)
 
 
 class CifarBlock(nn.Module):
@@ -152,17 +148,15 @@ class CifarResNet(nn.Module):
             return x
         return nn.Dense(self.n_classes, kernel_init=KAIMING_FAN_IN, name="linear")(jnp.mean(x, axis=(1, 2)))
 
-    def body_group(self, path: tuple[str, ...]) -> int:
-        """Stem and stage 1 in group 0, stages 2-3 in group 1."""
-        return _stage_group(path, 3)
+    def first_half_regex(self) -> str:
+        """Stem and stage 1 in the first group, stages 2-3 in the second."""
+        return _first_stages_regex(1)
 
 
-def _stage_group(path: tuple[str, ...], n_stages: int) -> int:
-    """0 for the stem and the first n_stages // 2 stages, 1 for the later stages."""
-    name = path[0]
-    if name.startswith("layer"):
-        return int(int(name[len("layer"):].split("_")[0]) > n_stages // 2)
-    return 0
+def _first_stages_regex(n_first: int) -> str:
+    """The stem (every param outside a 'layer<i>_<j>' block) and the blocks of stages 1..n_first."""
+    stages = "|".join(f"layer{i}_" for i in range(1, n_first + 1))
+    return rf"^((?!layer\d+_)|{stages})" if stages else r"^(?!layer\d+_)"
 
 
 @register("resnet18")

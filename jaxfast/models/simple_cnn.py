@@ -13,9 +13,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxfast.models.conv import Conv
+from jaxfast.models.layers import KAIMING_FAN_IN as KAIMING
 from jaxfast.models.registry import register
-
-KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def _as_float(x):
@@ -66,9 +65,10 @@ class SimpleCNN(nn.Module):
             x = ConvLayer(f, k, s, bn=self.bn and i < n - 1, name=f"layers_{i}")(x, train)
         return jnp.mean(x, axis=(1, 2)) if self.include_top else x
 
-    def body_group(self, path: tuple[str, ...]) -> int:
-        """First half of the conv layers in group 0, the rest in group 1."""
-        return int(int(path[0].split("_")[1]) >= len(self.features) // 2)
+    def first_half_regex(self) -> str:
+        """The first half of the conv layers (the rest is the second group)."""
+        first = "|".join(str(i) for i in range(len(self.features) // 2)) or "none"
+        return rf"^layers_({first})/"
 
 
 class ResBlock(nn.Module):

@@ -13,17 +13,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxfast.models.layers import batch_norm, emb_sz_rule
 from jaxfast.models.registry import register
 
 
-def emb_sz_rule(n_cat: int) -> int:
-    """fastai's embedding width for a variable with `n_cat` categories (the '#na#' included)."""
-    return min(600, round(1.6 * n_cat**0.56))
 
 
-def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    # PyTorch's BatchNorm1d: momentum 0.1 (Flax counts the kept share: 0.9), eps 1e-5.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class TabularModel(nn.Module):
@@ -56,20 +51,20 @@ class TabularModel(nn.Module):
             ]
             parts.append(nn.Dropout(self.emb_drop, deterministic=not train)(jnp.concatenate(embedded, axis=-1)))
         if self.n_cont:
-            parts.append(_batch_norm(train, "bn_cont")(x_cont))
+            parts.append(batch_norm(train, "bn_cont")(x_cont))
         x = jnp.concatenate(parts, axis=-1)
         sizes = list(self.layers) + [self.out_sz]
         drops = [0.0] + list(self.ps)
         for i, (width, p) in enumerate(zip(sizes, drops)):
             if self.use_bn and i != 0:
-                x = _batch_norm(train, f"bn_{i}")(x)
+                x = batch_norm(train, f"bn_{i}")(x)
             if p:
                 x = nn.Dropout(p, deterministic=not train)(x)
             x = nn.Dense(width, name=f"linear_{i}")(x)
             if i < len(self.layers):
                 x = nn.relu(x)
         if self.bn_final:
-            x = _batch_norm(train, "bn_final")(x)
+            x = batch_norm(train, "bn_final")(x)
         if self.y_range is not None:
             low, high = self.y_range
             x = (high - low) * nn.sigmoid(x) + low

@@ -32,17 +32,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfast.learner import LayerGroups
-from jaxfast.models.collab import scale_to_range
 from jaxfast.models.conv import Conv
+from jaxfast.models.layers import KAIMING_FAN_IN as KAIMING  # torch's kaiming_normal_ (fastai's conv init)
+from jaxfast.models.layers import batch_norm, scale_to_range
 from jaxfast.models.registry import build_model, register
-from jaxfast.models.resnet import KAIMING_FAN_IN as KAIMING  # torch's kaiming_normal_ (fastai's conv init)
+from jaxfast.layer_groups import LayerGroups
 
 
 def _decoder_bn(train: bool, name: str) -> nn.BatchNorm:
     """fastai's batchnorm_2d: PyTorch's BatchNorm2d with the bias starting at 1e-3."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        bias_init=nn.initializers.constant(1e-3), name=name)
+    return batch_norm(train, name, bias_init=nn.initializers.constant(1e-3))
 
 
 def icnr_init(scale: int = 2, base_init=KAIMING):
@@ -184,13 +183,9 @@ class DynamicUnet(nn.Module):
 
 
 def unet_layer_groups(model: DynamicUnet) -> LayerGroups:
-    """fastai's unet split: the encoder's two halves (its `body_group`), then the decoder."""
-    split = model.encoder.body_group
-
-    def group_of_path(path: tuple[str, ...]) -> int:
-        return split(path[1:]) if path[0] == "encoder" else 2
-
-    return LayerGroups(3, group_of_path)
+    """fastai's unet split: the encoder's two halves (its `first_half_regex`), then the decoder."""
+    first_half = model.encoder.first_half_regex().removeprefix("^")
+    return LayerGroups((("encoder_0", f"^encoder/{first_half}"), ("encoder_1", "^encoder/"), ("decoder", "")))
 
 
 @register("unet")
