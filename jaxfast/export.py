@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxfast.models.registry import build_model
+from jaxfast.models.registry import build_model, module_of
 
 FORMAT_VERSION = 1
 
@@ -53,7 +53,8 @@ def export_model(path: str | Path, arch: str, arch_config: dict, variables: dict
     variables = {k: v for k, v in variables.items() if v}
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path / "variables", jax.device_get(variables))
-    description = {"format_version": FORMAT_VERSION, "arch": arch, "arch_config": arch_config, **meta}
+    description = {"format_version": FORMAT_VERSION, "arch": arch, "arch_module": module_of(arch),
+                   "arch_config": arch_config, **meta}
     (path / "export.json").write_text(json.dumps(description, indent=2))
     return path
 
@@ -67,7 +68,7 @@ def load_export(path: str | Path) -> ExportedModel:
     meta = json.loads(description_file.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{description_file}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    model = build_model(meta["arch"], meta["arch_config"])
+    model = build_model(meta["arch"], meta["arch_config"], meta.get("arch_module"))
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(path / "variables")
     return ExportedModel(model, variables, meta)

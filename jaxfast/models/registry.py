@@ -1,16 +1,34 @@
 """Architectures by name, so an exported model can be rebuilt from JSON.
 
 Each entry maps a name to a function taking the architecture's config as keyword
-arguments (plain JSON values) and returning a Flax module.
+arguments (plain JSON values) and returning a Flax module. A model module registers its
+names with `@register(name)` when imported; the registry imports only the module that
+defines the name asked for (`module_of`: the module recorded in an export, else the
+table of jaxfast's own families below), so rebuilding a model never imports the others
+nor any training code.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import flax.linen as nn
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+
+# jaxfast's own architectures: name -> the module (under jaxfast.models) that registers it.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "collab": ("embedding_dot_bias", "embedding_nn"),
+    "heads": ("cnn",),
+    "mlp": ("logistic", "mlp"),
+    "resnet": ("resnet18", "resnet34", "resnet50", *(f"cifar_resnet{d}" for d in (20, 32, 44, 56))),
+    "rnn": ("rnn_lm",),
+    "simple_cnn": ("simple_cnn", "mnist_resnet"),
+    "tabular": ("tabular",),
+    "unet": ("unet",),
+}
+_MODULE_OF = {name: f"jaxfast.models.{family}" for family, names in FAMILIES.items() for name in names}
 
 
 def register(name: str):
@@ -25,22 +43,34 @@ def register(name: str):
     return decorate
 
 
-def build_model(arch: str, config: dict) -> nn.Module:
-    """The module `arch` built from `config`; unknown names list the known ones."""
-    _import_builtin_models()
+def module_of(arch: str) -> str | None:
+    """The module that registers `arch` (None when unknown): recorded in exports."""
+    factory = _ARCHITECTURES.get(arch)
+    return factory.__module__ if factory is not None else _MODULE_OF.get(arch)
+
+
+def lookup(arch: str, module: str | None = None) -> Callable[..., nn.Module]:
+    """The factory of `arch`, importing `module` (default: jaxfast's table) if needed."""
     if arch not in _ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCHITECTURES))}")
+        module = module or _MODULE_OF.get(arch)
+        if module is None:
+            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(known_architectures())}")
+        if not (module == "jaxfast" or module.startswith("jaxfast.")):
+            raise ValueError(f"architecture {arch!r}: module {module!r} is outside jaxfast and is not imported")
+        importlib.import_module(module)
+        if arch not in _ARCHITECTURES:
+            raise ValueError(f"module {module} does not register architecture {arch!r}")
+    return _ARCHITECTURES[arch]
+
+
+def build_model(arch: str, config: dict, module: str | None = None) -> nn.Module:
+    """The module `arch` built from `config`; unknown names list the known ones."""
+    factory = lookup(arch, module)
     try:
-        return _ARCHITECTURES[arch](**config)
+        return factory(**config)
     except TypeError as err:
         raise ValueError(f"architecture {arch!r} does not accept config {config}: {err}") from err
 
 
 def known_architectures() -> list[str]:
-    _import_builtin_models()
-    return sorted(_ARCHITECTURES)
-
-
-def _import_builtin_models() -> None:
-    """Import the modules that register jaxfast's own architectures."""
-    from jaxfast.models import collab, heads, mlp, resnet, rnn, simple_cnn, tabular, unet  # noqa: F401
+    return sorted(set(_ARCHITECTURES) | set(_MODULE_OF))
