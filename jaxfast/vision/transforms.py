@@ -6,6 +6,7 @@ once with `ImageProjectiveTransformV3` (bilinear, reflection padding), as fastai
 composes its affine/coord transforms into one grid sample. Matrices are built in
 float64 and cast at the end, so a flip or an identity lands exactly on pixel centres.
 Lighting works in logit space (fastai's brightness/contrast), so values stay in (0, 1).
+Masks and points follow the same matrices (jaxfast.vision.target_transforms).
 
 Randomness: `draws(key, n)` gives each of n examples N_DRAWS stateless uniforms (a key
 is a [2] int tensor, a `tf.random.stateless_*` seed) and each transform reads its own
@@ -22,7 +23,7 @@ import math
 import tensorflow as tf
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-RESIZE_METHODS = ("crop", "squish")
+RESIZE_METHODS = ("crop", "squish", "pad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,24 +83,32 @@ def to_float(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
-def resize(image: tf.Tensor, size, method: str = "crop") -> tf.Tensor:
-    """'crop': scale so that the image covers `size` (shorter side fits; crop afterwards);
-    'squish': scale each side to `size` exactly. Antialiased bilinear, float32 out."""
+def resized_shape(hw: tf.Tensor, size, method: str = "crop") -> tf.Tensor:
+    """int32 [2] (height, width) that `resize` gives an [hw] image: 'crop' covers `size` (the
+    shorter side fits, cropped afterwards), 'squish' is `size`, 'pad' fits inside `size` (the
+    longer side fits; padded afterwards, fastai's ResizeMethod.PAD)."""
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}")
     out_h, out_w = as_hw(size)
     if method == "squish":
-        target = tf.constant([out_h, out_w])
-    else:
-        hw = tf.cast(tf.shape(image)[:2], tf.float64)
-        scale = tf.reduce_max(tf.constant([out_h, out_w], tf.float64) / hw)
-        target = tf.maximum(tf.cast(tf.math.ceil(hw * scale - 1e-6), tf.int32), [out_h, out_w])
+        return tf.constant([out_h, out_w])
+    hw = tf.cast(hw, tf.float64)
+    ratios = tf.constant([out_h, out_w], tf.float64) / hw
+    if method == "pad":
+        scaled = tf.cast(tf.math.round(hw * tf.reduce_min(ratios)), tf.int32)
+        return tf.maximum(tf.minimum(scaled, [out_h, out_w]), 1)
+    return tf.maximum(tf.cast(tf.math.ceil(hw * tf.reduce_max(ratios) - 1e-6), tf.int32), [out_h, out_w])
+
+
+def resize(image: tf.Tensor, size, method: str = "crop") -> tf.Tensor:
+    """Resize to `resized_shape` (see there for the methods). Antialiased bilinear, float32 out."""
+    target = resized_shape(tf.shape(image)[:2], size, method)
     resized = tf.image.resize(to_float(image), target, method="bilinear", antialias=True)
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def center_crop(image: tf.Tensor, size) -> tf.Tensor:
-    """The central `size` window of an image at least that large."""
+    """The central `size` window of an image at least that large (`centre_matrix` as a slice)."""
     out_h, out_w = as_hw(size)
     shape = tf.shape(image)
     top, left = (shape[0] - out_h) // 2, (shape[1] - out_w) // 2
@@ -231,19 +240,32 @@ def geometry_matrix(u: tf.Tensor, out_hw, config: TransformConfig) -> tf.Tensor:
 
 def place_window(matrix: tf.Tensor, u: tf.Tensor, in_hw: tf.Tensor, out_hw) -> tf.Tensor:
     """Shift one [3, 3] matrix onto a random `out_hw` window of an `in_hw` image (fastai's
-    random crop: row and column fractions from the 'crop' slot of draws u [N_DRAWS])."""
+    random crop: row and column fractions from the 'crop' slot of draws u [N_DRAWS]). A
+    window larger than the image (resize 'pad') holds the image at a random place instead."""
     slack = tf.cast(in_hw, tf.float64) - tf.constant(as_hw(out_hw), tf.float64)
     top, left = tf.unstack(tf.floor(slack * tf.stack(slot(u, "crop"))))
     return matrix + tf.stack([left, top, tf.constant(0.0, tf.float64)])[:, None] * matrix[2][None, :]
 
 
-def apply_projective(image: tf.Tensor, matrix: tf.Tensor, out_hw, fill_mode: str = "REFLECT") -> tf.Tensor:
-    """Sample float [H, W, C] at `matrix` @ (x, y, 1) for every output pixel; bilinear."""
+def centre_matrix(in_hw: tf.Tensor, out_hw) -> tf.Tensor:
+    """Output pixel -> input pixel of the central `out_hw` window of an `in_hw` image; a
+    window larger than the image pads it evenly (offsets floor((in - out) / 2))."""
+    slack = tf.cast(in_hw, tf.float64) - tf.constant(as_hw(out_hw), tf.float64)
+    top, left = tf.unstack(tf.floor(slack / 2.0))
+    zero, one = tf.constant(0.0, tf.float64), tf.constant(1.0, tf.float64)
+    return tf.reshape(tf.stack([one, zero, left, zero, one, top, zero, zero, one]), [3, 3])
+
+
+def apply_projective(image: tf.Tensor, matrix: tf.Tensor, out_hw, fill_mode: str = "REFLECT",
+                     interpolation: str = "BILINEAR", fill_value: float = 0.0) -> tf.Tensor:
+    """Sample [H, W, C] at `matrix` @ (x, y, 1) for every output pixel (x = column, y = row;
+    integer coordinates are pixel centres). Outside the image: `fill_mode` (REFLECT, or
+    CONSTANT with `fill_value`). NEAREST interpolation keeps label values exact."""
     flat = tf.reshape(matrix / matrix[2, 2], [9])[:8]
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=tf.cast(flat, tf.float32)[None],
-        output_shape=tf.constant(as_hw(out_hw), tf.int32), fill_value=tf.constant(0.0),
-        interpolation="BILINEAR", fill_mode=fill_mode,
+        output_shape=tf.constant(as_hw(out_hw), tf.int32), fill_value=tf.constant(fill_value, tf.float32),
+        interpolation=interpolation, fill_mode=fill_mode,
     )
     return out[0]
 
@@ -292,5 +314,9 @@ def train_transform(image: tf.Tensor, key, size, config: TransformConfig, method
 
 
 def eval_transform(image: tf.Tensor, size, method: str = "crop") -> tf.Tensor:
-    """Decoded image -> resized and centre-cropped float32 [h, w, 3] in [0, 1]."""
-    return center_crop(resize(image, size, method), size)
+    """Decoded image -> resized and centre-cropped (or, 'pad', reflection-padded) float32
+    [h, w, 3] in [0, 1]."""
+    resized = resize(image, size, method)
+    if method == "pad":
+        return apply_projective(resized, centre_matrix(tf.shape(resized)[:2], size), size)
+    return center_crop(resized, size)
