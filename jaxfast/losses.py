@@ -53,9 +53,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def cross_entropy_ignore(logits: jax.Array, targets: jax.Array, ignore_index: int) -> jax.Array:
     """Cross entropy that skips positions whose target is ``ignore_index`` -> [B].
 
-    Each example's loss is the mean over its non-ignored positions, and 0 when
-    every position is ignored (so a fully-void example adds no gradient).
+    For segmentation: [B, H, W, C] logits and [B, H, W] (or [B, H, W, 1]) targets, the
+    void code as ``ignore_index``. Each example's loss is the mean over its non-ignored
+    positions, and 0 when every position is ignored (so a fully-void example adds no
+    gradient); the step then averages examples, so an example's weight does not depend
+    on its void area (fastai's CrossEntropyFlat instead averages every pixel, void included).
     """
+    if targets.ndim == logits.ndim and targets.ndim > 1 and targets.shape[-1] == 1:
+        targets = targets[..., 0]  # a [B, H, W, 1] mask
     _check_class_logits("cross_entropy_ignore", logits, targets)
     keep = targets != ignore_index
     # ignore_index may be out of range (e.g. 255 or -100); give optax a valid label.
@@ -67,7 +72,12 @@ def cross_entropy_ignore(logits: jax.Array, targets: jax.Array, ignore_index: in
 
 
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Multi-label sigmoid cross entropy on [B, C] logits and 0/1 targets -> [B]."""
+    """Multi-label sigmoid cross entropy on [B, C] logits and multi-hot targets -> [B].
+
+    The mean over the C labels of each row; the step's mean over rows then equals
+    fastai's BCEWithLogitsFlat (the mean over every element). Targets may be any
+    numeric dtype (uint8 multi-hot, bool, or soft float labels).
+    """
     if logits.ndim < 2 or tuple(logits.shape) != tuple(targets.shape):
         raise ValueError(
             f"binary_cross_entropy: logits shape {tuple(logits.shape)} and targets shape "
@@ -94,7 +104,8 @@ def align_regression_shapes(name: str, preds: jax.Array, targets: jax.Array) -> 
 
 
 def mse(preds: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean squared error per example -> [B]."""
+    """Mean squared error per example -> [B] (the mean over every non-batch element, e.g.
+    the 2k coordinates of k points, as fastai's MSELossFlat)."""
     preds = align_regression_shapes("mse", preds, targets)
     diff = preds.astype(jnp.float32) - targets.astype(jnp.float32)
     return _mean_over_non_batch_axes(diff * diff)

@@ -28,8 +28,9 @@ Stats = dict[str, jax.Array]
 class Metric:
     """A named pair of (device-side sums, host-side finish).
 
-    accumulate(outputs, targets, mask) -> dict of scalar float32 sums; jit-safe.
-    finalize(summed stats as numpy floats) -> float.
+    accumulate(outputs, targets, mask) -> dict of float32 sums (scalars, or fixed-shape
+    arrays such as per-class counts); jit-safe.
+    finalize(summed stats as numpy float64 values) -> float.
     """
 
     name: str
@@ -145,8 +146,13 @@ def top_k_accuracy(k: int = 5) -> Metric:
     return Metric("top_k_accuracy", accumulate, lambda s: _ratio(s["correct"], s["count"]))
 
 
-def accuracy_thresh(thresh: float = 0.5, sigmoid: bool = True) -> Metric:
-    """fastai multi-label accuracy: mean over all elements of (p > thresh) == y."""
+def accuracy_thresh(thresh: float = 0.5, sigmoid: bool = True, name: str = "accuracy_thresh") -> Metric:
+    """fastai multi-label accuracy: mean over all elements of (p > thresh) == y.
+
+    fastai v1 averages each batch's element mean weighted by batch size; with C labels per
+    row that is the dataset-wide element mean computed here. `name` tells apart two
+    thresholds in one run (the planet lesson's `acc_02`).
+    """
 
     def accumulate(outputs, targets, mask):
         _same_shape("accuracy_thresh", outputs, targets)
@@ -155,11 +161,18 @@ def accuracy_thresh(thresh: float = 0.5, sigmoid: bool = True) -> Metric:
         correct = predicted.astype(jnp.int32) == targets.astype(jnp.int32)
         return {"correct": _masked_sum(correct, mask), "count": _masked_count(correct, mask)}
 
-    return Metric("accuracy_thresh", accumulate, lambda s: _ratio(s["correct"], s["count"]))
+    return Metric(name, accumulate, lambda s: _ratio(s["correct"], s["count"]))
 
 
-def fbeta(beta: float = 2, thresh: float = 0.2, sigmoid: bool = True, eps: float = 1e-9) -> Metric:
-    """fastai v1 multi-label F-beta: computed per sample, then averaged over samples."""
+def fbeta(beta: float = 2, thresh: float = 0.2, sigmoid: bool = True, eps: float = 1e-9,
+          name: str = "fbeta") -> Metric:
+    """fastai v1 multi-label F-beta: computed per sample, then averaged over samples.
+
+    Per sample: P = TP/(n_pred + eps), R = TP/(n_true + eps),
+    F = (1 + beta^2) P R / (beta^2 P + R + eps); a sample with no true and no predicted
+    label scores 0, as in fastai. `fbeta_score` in jaxfast.vision.multilabel is the same
+    formula on host arrays (for threshold search).
+    """
     beta2 = beta**2
 
     def accumulate(outputs, targets, mask):
@@ -173,13 +186,16 @@ def fbeta(beta: float = 2, thresh: float = 0.2, sigmoid: bool = True, eps: float
         per_sample = (precision * recall) / (precision * beta2 + recall + eps) * (1 + beta2)
         return {"fbeta_sum": _masked_sum(per_sample, mask), "count": _masked_count(per_sample, mask)}
 
-    return Metric("fbeta", accumulate, lambda s: _ratio(s["fbeta_sum"], s["count"]))
+    return Metric(name, accumulate, lambda s: _ratio(s["fbeta_sum"], s["count"]))
 
 
 def accuracy_ignoring(void_code: int) -> Metric:
     """CamVid ``acc_camvid``: pixel accuracy over pixels whose target != void_code.
 
-    Outputs are channel-last [B, H, W, C]; targets [B, H, W] (or [B, H, W, 1]).
+    Outputs are channel-last [B, H, W, C]; targets [B, H, W] (or [B, H, W, 1]). The ratio
+    is over every non-void pixel of the dataset; fastai v1 averages per-batch ratios
+    weighted by batch size, which differs slightly when batches hold different numbers
+    of void pixels (and depends on how the data was split into batches).
     """
 
     def accumulate(outputs, targets, mask):
@@ -189,6 +205,64 @@ def accuracy_ignoring(void_code: int) -> Metric:
         return {"correct": _masked_sum(correct, mask), "count": _masked_sum(counted, mask)}
 
     return Metric("accuracy_ignoring", accumulate, lambda s: _ratio(s["correct"], s["count"]))
+
+
+def _per_class_counts(labels: jax.Array, n_classes: int, keep: jax.Array, mask: jax.Array) -> jax.Array:
+    """[C] float32: how many kept positions of real rows have each label (one-hot sums)."""
+    hits = (labels[..., None] == jnp.arange(n_classes)) & keep[..., None]
+    per_row = jnp.sum(hits, axis=tuple(range(1, hits.ndim - 1)), dtype=jnp.float32)  # [B, C]
+    row_mask = mask.astype(jnp.float32)[:, None]
+    return jnp.sum(jnp.where(row_mask > 0, per_row * row_mask, 0.0), axis=0)
+
+
+def miou(n_classes: int, void_code: int | None = None, name: str = "miou") -> Metric:
+    """Mean intersection-over-union of `n_classes` segmentation classes, void excluded.
+
+    Stats are per-class sums over the dataset's non-void pixels: `intersection[c]`
+    (predicted c and target c) and `union[c]` (predicted c or target c). The void class,
+    if in range, is not scored; classes with an empty union (never predicted, never
+    present) are left out of the mean. `class_ious(stats)` gives the per-class values.
+    Outputs [B, H, W, C] (C == n_classes), targets [B, H, W] (or [B, H, W, 1]).
+    """
+    if n_classes < 1:
+        raise ValueError(f"miou: n_classes must be >= 1, got {n_classes}")
+
+    def accumulate(outputs, targets, mask):
+        targets = _class_targets(name, outputs, targets).astype(jnp.int32)
+        if outputs.shape[-1] != n_classes:
+            raise ValueError(f"{name}: outputs have {outputs.shape[-1]} classes, the metric {n_classes}")
+        keep = jnp.ones(targets.shape, bool) if void_code is None else targets != void_code
+        predicted = jnp.argmax(outputs, axis=-1)
+        both = jnp.where(predicted == targets, targets, -1)  # -1 matches no class
+        intersection = _per_class_counts(both, n_classes, keep, mask)
+        predicted_count = _per_class_counts(predicted, n_classes, keep, mask)
+        target_count = _per_class_counts(targets, n_classes, keep, mask)
+        scored = jnp.arange(n_classes) != (-1 if void_code is None else void_code)
+        return {
+            "intersection": jnp.where(scored, intersection, 0.0),
+            "union": jnp.where(scored, predicted_count + target_count - intersection, 0.0),
+        }
+
+    def finalize(s):
+        values = list(class_ious(s).values())
+        scored = [v for v in values if not math.isnan(v)]
+        return float(np.mean(scored)) if scored else float("nan")
+
+    return Metric(name, accumulate, finalize)
+
+
+def class_ious(stats: Mapping[str, np.ndarray], classes: Sequence[str] | None = None) -> dict[str, float]:
+    """{class name: IoU} from a `miou` metric's summed stats (e.g. `stats['miou']`).
+
+    NaN for the void class and for classes with an empty union. `classes` names the
+    columns (default '0', '1', ...).
+    """
+    intersection = np.asarray(stats["intersection"], np.float64)
+    union = np.asarray(stats["union"], np.float64)
+    names = [str(i) for i in range(len(union))] if classes is None else list(classes)
+    if len(names) != len(union):
+        raise ValueError(f"class_ious: {len(names)} class names for {len(union)} classes")
+    return {name: (float(i / u) if u > 0 else float("nan")) for name, i, u in zip(names, intersection, union)}
 
 
 def _overlap_stats(name: str) -> Callable[[jax.Array, jax.Array, jax.Array], Stats]:
