@@ -110,5 +110,20 @@ class Checkpointer:
         )
         return target.replace(**restored["state"]), restored["meta"]
 
+    def restore_weights(self, target: TrainState, step: int | None = None) -> TrainState:
+        """`target` with the params, batch stats, step and rng of checkpoint `step` (default
+        latest), its own optimizer state kept: for a checkpoint written under another
+        optimizer (an earlier phase, other frozen groups), whose statistics do not fit."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        weights = {name: restored[name] for name in ("step", "params", "batch_stats", "rng")}
+        if jax.tree.structure(weights["params"]) != jax.tree.structure(target.params):
+            raise ValueError(f"checkpoint {step} in {self.directory} holds params of another model")
+        placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new,
+                              weights, {name: getattr(target, name) for name in weights})
+        return target.replace(**placed)
+
     def close(self) -> None:
         self._manager.close()

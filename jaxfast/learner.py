@@ -7,11 +7,13 @@ batches to the jitted pure `train_step`, and does the host-side work around it:
 progress bar, epoch table, recorder, checkpoints, early stopping.
 
 Resume: with a `workdir`, every epoch end (and optionally every N steps) writes a
-checkpoint whose meta says which phase, epoch and batch it was taken at. A rerun of
-the same script replays its `fit*` calls: phases that already finished are skipped,
-the phase in progress is restored and continues at the exact batch. Data order and
-dropout keys depend only on (seed, epoch) and (seed, step), so the result is the
-same as an uninterrupted run.
+checkpoint whose meta holds the plan so far (each phase's signature, see
+jaxfast.phases) and the phase, epoch and batch it was taken at. A rerun of the same
+script replays its `fit*` calls: each phase must match the recorded one (else
+PhaseMismatch says what changed), phases that already finished are skipped, the phase
+in progress is restored and continues at the exact batch, and a recorded `lr_find`
+returns its result without running. Data order and dropout keys depend only on (seed,
+epoch) and (seed, step), so the result is the same as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,21 +32,19 @@ from tqdm.auto import tqdm
 
 from jaxfast import optim
 from jaxfast.checkpoint import Checkpointer
-from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.data.loader import DataBunch, Loader
 from jaxfast.data.prefetch import prefetch
 from jaxfast.errors import TrainingDiverged
 from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
 from jaxfast.metrics import Metric, add_stats, finalize_all, get_metrics
+from jaxfast.models.registry import ModelSpec
 from jaxfast.parallel import make_runner
+from jaxfast.pending import Pending
+from jaxfast.phases import PhaseMismatch, check_phase, signature
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
-from jaxfast.steps import loss_and_outputs_step, predict_step
-
-
-# Train steps dispatched ahead of the host reading their metrics (see Learner._epochs).
-STEPS_IN_FLIGHT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,13 @@ class TrainConfig:
 
 
 class Learner:
-    """Model + data + loss + metrics, trained by phases of pure jitted steps."""
+    """Model + data + loss + metrics, trained by phases of pure jitted steps.
+
+    `model` is a Flax module, or a `ModelSpec` (a registered architecture and its config),
+    which also lets `export(path)` rebuild it; `export_meta` is what prediction needs besides
+    the weights (kind, classes, preprocessing). The learner factories (`cnn_learner`,
+    `tabular_learner`, ...) fill both.
+    """
 
     def __init__(
         self,
@@ -87,8 +93,11 @@ class Learner:
         config: TrainConfig = TrainConfig(),
         workdir: str | Path | None = None,
         log: Callable[[str], None] = print,
+        export_meta: dict | None = None,
     ):
-        self.model, self.data, self.config, self.log = model, data, config, log
+        self.spec = model if isinstance(model, ModelSpec) else None
+        self.model = self.spec.build() if self.spec is not None else model
+        self.data, self.config, self.log, self.export_meta = data, config, log, export_meta
         self.workdir = Path(workdir) if workdir is not None else None
         loss_fn = get_loss(loss) if isinstance(loss, str) else loss
         task = Task(loss_fn, get_metrics(metrics), "bfloat16" if config.mixed_precision else "float32")
@@ -96,12 +105,12 @@ class Learner:
         self.runner = make_runner(config.parallel)
         for loader in [data.train, *data.eval_splits().values()]:
             self.runner.check_batch_size(loader.batch_size)
-        self.state = create_train_state(model, data.train.sample_inputs(), optim_placeholder(), task, config.seed)
+        self.state = create_train_state(self.model, data.train.sample_inputs(), optim_placeholder(), task, config.seed)
         self.layer_groups = layer_groups
         self.group_labels = optim.label_layer_groups(self.state.params, layer_groups.group_of_path, layer_groups.n_groups)
         self.n_frozen = 0
         self.recorder = Recorder()
-        self._phase = 0
+        self._plan: list[dict] = []  # the signatures of this run's phases so far (jaxfast.phases)
         self.checkpointer = None
         self._resume_meta = None
         if self.workdir is not None:
@@ -111,6 +120,9 @@ class Learner:
             )
             self._resume_meta = self.checkpointer.read_meta()
             if self._resume_meta is not None:
+                if "plan" not in self._resume_meta:
+                    raise PhaseMismatch(f"{self.checkpointer.directory} was written by an older jaxfast without "
+                                        "phase records; use another workdir (or delete it) to start over")
                 self.log(
                     f"resuming from checkpoint at step {self.checkpointer.latest_step()} "
                     f"(phase {self._resume_meta['phase']}, epoch {self._resume_meta['epoch']}, "
@@ -150,11 +162,19 @@ class Learner:
             train_bn=self.config.train_bn, clip_norm=self.config.clip,
         )
 
+    def _signature(self, kind: str, n_epochs: int, **settings) -> dict:
+        """A phase's signature: its settings, the frozen groups and the data's size."""
+        train = self.data.train
+        if "wd" in settings and settings["wd"] is None:
+            settings["wd"] = self.config.wd
+        return signature(kind, epochs=n_epochs, **settings, frozen_groups=self.n_frozen, train_rows=train.num_rows,
+                         batch_size=train.batch_size, batches_per_epoch=len(train))
+
     # ---- public training API ----------------------------------------------------------
     def fit(self, n_epochs: int, lr: float | slice = 3e-3, wd: float | None = None, mom: float = 0.9) -> None:
         """Train at a constant learning rate (per group when `lr` is a slice)."""
         lrs = optim.discriminative_lrs(lr, self.n_groups)
-        self._run_phase(n_epochs, lrs, mom, wd)
+        self._run_phase(self._signature("fit", n_epochs, lrs=lrs, mom=mom, wd=wd), n_epochs, lrs, mom, wd)
 
     def fit_one_cycle(
         self, n_epochs: int, lr_max: float | slice = 3e-3, *, moms=(0.95, 0.85), div: float = 25.0,
@@ -162,11 +182,11 @@ class Learner:
     ) -> None:
         """fastai's one-cycle policy: lr warms up then anneals, momentum does the opposite."""
         total = n_epochs * len(self.data.train)
-        lrs = [
-            optim.one_cycle_lr(lr, total, pct_start=pct_start, div=div, final_div=final_div)
-            for lr in optim.discriminative_lrs(lr_max, self.n_groups)
-        ]
-        self._run_phase(n_epochs, lrs, optim.one_cycle_momentum(total, pct_start, moms), wd)
+        lr_maxes = optim.discriminative_lrs(lr_max, self.n_groups)
+        lrs = [optim.one_cycle_lr(lr, total, pct_start=pct_start, div=div, final_div=final_div) for lr in lr_maxes]
+        sig = self._signature("fit_one_cycle", n_epochs, lrs=lr_maxes, moms=moms, div=div, pct_start=pct_start,
+                              final_div=final_div, wd=wd)
+        self._run_phase(sig, n_epochs, lrs, optim.one_cycle_momentum(total, pct_start, moms), wd)
 
     def fine_tune(
         self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
@@ -184,8 +204,16 @@ class Learner:
         self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
         plot_path: str | Path | None = None,
     ) -> LRFindResult:
-        """fastai's LR range test (see jaxfast.lr_finder); the learner's state is untouched."""
-        result = lr_find(self, start_lr, end_lr, num_it, stop_div)
+        """fastai's LR range test (see jaxfast.lr_finder); the learner's state is untouched. On a
+        rerun in the same workdir the recorded result is given back without running again."""
+        index, meta = len(self._plan), self._resume_meta
+        sig = self._signature("lr_find", 0, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
+        if meta is not None and index < len(meta["plan"]):
+            check_phase(meta["plan"], index, sig, str(self.checkpointer.directory))
+            result = LRFindResult(**meta["plan"][index]["result"])
+        else:
+            result = lr_find(self, start_lr, end_lr, num_it, stop_div)
+        self._plan.append({**sig, "result": dataclasses.asdict(result)})
         path = plot_path or (self.workdir / "lr_find.png" if self.workdir is not None else None)
         if path is not None:
             plot_lr_find(result, path)
@@ -193,7 +221,7 @@ class Learner:
         return result
 
     # ---- evaluation and inference -------------------------------------------------------
-    def validate(self, loader: ArrayLoader | None = None) -> dict:
+    def validate(self, loader: Loader | None = None) -> dict:
         """Loss and metrics on `loader` (default: the validation split)."""
         loader = loader if loader is not None else self.data.valid
         if loader is None:
@@ -208,39 +236,65 @@ class Learner:
                 out[f"{split}_{name}"] = value
         return out
 
-    def get_preds(self, loader: ArrayLoader | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(outputs, targets, per-example losses) of every real row of `loader`, in order."""
+    def get_preds(self, loader: Loader | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outputs, targets, per-example losses) of every real row of `loader`, in order,
+        computed through the runner (one device, a mesh or pmap)."""
         loader = loader if loader is not None else self.data.valid
-        step = jax.jit(loss_and_outputs_step)
+        if loader is None:
+            raise ValueError("get_preds: no loader given and the data has no validation split")
+        dstate = self.runner.put_state(self.state)
         outputs, targets, losses = [], [], []
+
+        def keep(host_batch, result) -> None:
+            loss, out = result
+            real = host_batch["mask"] > 0
+            outputs.append(out[real])
+            losses.append(loss[real])
+            targets.append(np.asarray(host_batch["targets"])[real])
+
+        pending = Pending(_fetch, keep, self.runner.sync_each_step)
         for batch in loader.batches(0):
-            real = batch["mask"] > 0
-            loss, out = step(self.state, batch)
-            outputs.append(np.asarray(out)[real])
-            losses.append(np.asarray(loss)[real])
-            targets.append(np.asarray(batch["targets"])[real])
+            host = {"mask": np.asarray(batch["mask"]), "targets": batch["targets"]}
+            pending.add(host, self.runner.outputs_step(dstate, self.runner.put_batch(batch)))
+        pending.flush()
         return np.concatenate(outputs), np.concatenate(targets), np.concatenate(losses)
 
     def predict(self, inputs) -> np.ndarray:
-        """Model outputs for a batch of inputs (any leading size)."""
-        return np.asarray(jax.jit(predict_step)(self.state, inputs))
+        """Model outputs for a batch of inputs (any leading size), through the runner."""
+        n = _leading_size(inputs)
+        pad = -n % self.runner.n_devices
+        if pad:
+            inputs = jax.tree.map(lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), inputs)
+        device_inputs = self.runner.put_batch({"inputs": inputs})["inputs"]
+        return np.asarray(self.runner.predict_step(self.runner.put_state(self.state), device_inputs))[:n]
 
-    def export(self, path: str | Path, arch: str, arch_config: dict, meta: dict | None = None) -> Path:
-        """Write an inference export (see jaxfast.export) of the current weights."""
+    def export(self, path: str | Path, arch: str | None = None, arch_config: dict | None = None,
+               meta: dict | None = None) -> Path:
+        """Write an inference export (see jaxfast.export) of the current weights. The
+        architecture and the prediction meta default to the learner's own (a learner built
+        from a ModelSpec, e.g. by a factory)."""
         from jaxfast.export import export_model
 
-        return export_model(path, arch, arch_config, self.state.variables(), meta or {})
+        if arch is None:
+            if self.spec is None:
+                raise ValueError("export: this learner's model is a bare Flax module; pass arch and arch_config, "
+                                 "or build the learner from a ModelSpec (the learner factories do)")
+            arch, arch_config = self.spec.arch, self.spec.config
+        meta = meta if meta is not None else (self.export_meta or {})
+        return export_model(path, arch, arch_config, self.state.variables(), meta)
 
     # ---- the loop ----------------------------------------------------------------------
-    def _run_phase(self, n_epochs: int, lrs: list, moms, wd: float | None) -> None:
+    def _run_phase(self, sig: dict, n_epochs: int, lrs: list, moms, wd: float | None) -> None:
         if n_epochs < 0:
             raise ValueError(f"n_epochs must be >= 0, got {n_epochs}")
-        phase, self._phase = self._phase, self._phase + 1
+        index, meta = len(self._plan), self._resume_meta
+        if meta is not None:
+            check_phase(meta["plan"], index, sig, str(self.checkpointer.directory))
+        self._plan.append(sig)
         state = self.state.with_optimizer(self._optimizer(lrs, moms, wd))
         start_epoch, start_batch, partial = 0, 0, (0.0, 0.0)
-        meta = self._resume_meta
         if meta is not None:
-            if meta["phase"] > phase:
+            if meta["phase"] > index:
                 return  # finished in an earlier run; the checkpoint is restored in a later phase
             state, meta = self.checkpointer.restore(state)
             self.recorder = Recorder.from_dict(meta["recorder"])
@@ -250,79 +304,59 @@ class Learner:
         if start_epoch >= n_epochs:
             self.state = state
             return
-        runner = self.runner
-        dstate = runner.put_state(copy_tree(state))
+        dstate = self.runner.put_state(copy_tree(state))
         try:
-            dstate = self._epochs(phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms)
+            dstate = self._epochs(index, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms)
         except TrainingDiverged:
             if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
-                self.state, _ = self.checkpointer.restore(state)
+                # The last good weights, under this phase's optimizer with fresh statistics:
+                # the checkpoint may come from an earlier phase whose optimizer differs.
+                self.state = self.checkpointer.restore_weights(state)
             raise
-        self.state = runner.get_state(dstate)
+        self.state = self.runner.get_state(dstate)
         if self.workdir is not None:
             self.recorder.plot_losses(self.workdir / "losses.png")
             self.recorder.plot_schedule(self.workdir / "schedule.png")
 
-    def _epochs(self, phase, state, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms):
+    def _epochs(self, phase: int, dstate, n_epochs: int, start_epoch: int, start_batch: int, partial, lrs, moms):
         """The epochs of one phase, from (start_epoch, start_batch); returns the device state."""
         train, runner = self.data.train, self.runner
         lr_log, mom_log = self._schedule_log(lrs[-1], moms, n_epochs * len(train))
         columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
         self.log(format_header(columns))
         best, bad_epochs = None, 0
+        every = self.config.checkpoint_every_steps
         for epoch in range(start_epoch, n_epochs):
             t0 = time.time()
             data_epoch = self.recorder.n_epochs
-            loss_sum, loss_count = partial if epoch == start_epoch else (0.0, 0.0)
             first = start_batch if epoch == start_epoch else 0
-            bar = tqdm(
-                total=len(train), initial=first, disable=not self.config.progress, leave=False,
-                desc=f"epoch {data_epoch}", dynamic_ncols=True,
-            )
-            sums = [loss_sum, loss_count]
+            sums = list(partial) if epoch == start_epoch else [0.0, 0.0]
+            with tqdm(total=len(train), initial=first, disable=not self.config.progress, leave=False,
+                      desc=f"epoch {data_epoch}", dynamic_ncols=True) as bar:
 
-            def record(pending: list, n: int | None = None) -> None:
-                """Check and log the metrics of the oldest `n` (default all) pending steps,
-                fetched in one transfer."""
-                done = pending[:n] if n is not None else list(pending)
-                del pending[:len(done)]
-                fetched = runner.get_metrics([m for _, m in done])
-                for (b, _), metrics in zip(done, fetched):
-                    loss_sum_b, count_b = float(metrics["loss"]["sum"]), float(metrics["loss"]["count"])
-                    loss = loss_sum_b / max(count_b, 1.0)
+                def record(b: int, metrics: dict) -> None:
+                    """Check and log one step's loss (host side, in dispatch order)."""
+                    loss_sum, count = float(metrics["loss"]["sum"]), float(metrics["loss"]["count"])
+                    loss = loss_sum / max(count, 1.0)
                     if not math.isfinite(loss):
-                        bar.close()
                         raise TrainingDiverged(self._diverged_message(loss, data_epoch, b))
-                    sums[0] += loss_sum_b
-                    sums[1] += count_b
+                    sums[0], sums[1] = sums[0] + loss_sum, sums[1] + count
                     step_in_phase = epoch * len(train) + b
                     self.recorder.add_step(loss, lr_log[step_in_phase], mom_log[step_in_phase])
-                bar.update(len(done))
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-            # Steps run ahead of their metrics: the loop reads the oldest `in_flight` steps'
-            # metrics in one transfer once 2 * `in_flight` are unread, so the device always
-            # has queued work and the host reads rarely. Where `runner.sync_each_step` (CPU
-            # collectives, see jaxfast.parallel) every step is read before the next. On
-            # accelerators the next batches are prepared on a thread (`_device_batches`).
-            in_flight = 0 if runner.sync_each_step else STEPS_IN_FLIGHT
-            every = self.config.checkpoint_every_steps
-            pending: list = []
-            with contextlib.closing(self._device_batches(train.batches(data_epoch, start=first))) as batches:
-                for b, dbatch in enumerate(batches, start=first):
-                    dstate, device_metrics = runner.train_step(dstate, dbatch)
-                    pending.append((b, device_metrics))
-                    if len(pending) > 2 * in_flight:
-                        record(pending, max(in_flight, 1))
-                    if every and self.checkpointer and (len(self.recorder.losses) + len(pending)) % every == 0 \
-                            and b + 1 < len(train):
-                        record(pending)
-                        self._save(dstate, phase, epoch, b + 1, tuple(sums))
-            if pending:
-                record(pending)
-            loss_sum, loss_count = sums
-            bar.close()
-            row = {"epoch": data_epoch, "train_loss": loss_sum / max(loss_count, 1.0)}
+                pending = Pending(runner.get_metrics, record, runner.sync_each_step)
+                with contextlib.closing(self._device_batches(train.batches(data_epoch, start=first))) as batches:
+                    for b, dbatch in enumerate(batches, start=first):
+                        dstate, device_metrics = runner.train_step(dstate, dbatch)
+                        pending.add(b, device_metrics)
+                        if every and self.checkpointer and (len(self.recorder.losses) + len(pending)) % every == 0 \
+                                and b + 1 < len(train):
+                            pending.flush()
+                            self._save(dstate, phase, epoch, b + 1, tuple(sums))
+                pending.flush()
+            row = {"epoch": data_epoch, "train_loss": sums[0] / max(sums[1], 1.0)}
             if self.data.valid is not None:
                 results = self._evaluate(dstate, self.data.valid)
                 row["valid_loss"] = results.pop("loss")
@@ -331,8 +365,7 @@ class Learner:
             row["step"] = len(self.recorder.losses)
             self.recorder.add_epoch(row)
             self.log(format_row(row, columns))
-            stop = self._early_stop(row, best, bad_epochs)
-            best, bad_epochs, stop_now = stop
+            best, bad_epochs, stop_now = self._early_stop(row, best, bad_epochs)
             self._save(dstate, phase, n_epochs if stop_now else epoch + 1, 0, (0.0, 0.0), metrics=row)
             if self.workdir is not None:
                 self.recorder.write_csv(self.workdir / "history.csv")
@@ -341,22 +374,19 @@ class Learner:
                 break
         return dstate
 
-    def _evaluate(self, dstate, loader: ArrayLoader) -> dict:
+    def _evaluate(self, dstate, loader: Loader) -> dict:
         """Loss and metrics of `loader` with the device state `dstate`."""
-        stats, pending = None, []
+        total: list[Any] = [None]
 
-        def add_pending():  # one transfer; summed on the host in float64 (exact counts)
-            nonlocal stats
-            for metrics in self.runner.get_metrics(pending):
-                stats = add_stats(stats, jax.tree.map(lambda x: np.asarray(x, np.float64), metrics))
-            pending.clear()
+        def add(_, metrics) -> None:  # summed on the host in float64 (exact counts)
+            total[0] = add_stats(total[0], jax.tree.map(lambda x: np.asarray(x, np.float64), metrics))
 
+        pending = Pending(self.runner.get_metrics, add, self.runner.sync_each_step)
         with contextlib.closing(self._device_batches(loader.batches(0))) as batches:
             for dbatch in batches:
-                pending.append(self.runner.eval_step(dstate, dbatch))
-                if self.runner.sync_each_step or len(pending) >= 2 * STEPS_IN_FLIGHT:
-                    add_pending()
-        add_pending()
+                pending.add(None, self.runner.eval_step(dstate, dbatch))
+        pending.flush()
+        stats = total[0]
         loss = stats.pop("loss")
         results = {"loss": float(loss["sum"] / max(float(loss["count"]), 1.0))}
         results.update(finalize_all(self.state.task.metrics, stats))
@@ -398,7 +428,7 @@ class Learner:
         if self.checkpointer is None:
             return
         meta = {
-            "phase": phase, "epoch": epoch, "batch": batch, "partial_loss": list(partial),
+            "phase": phase, "plan": self._plan, "epoch": epoch, "batch": batch, "partial_loss": list(partial),
             "recorder": self.recorder.to_dict(),
         }
         self.checkpointer.save(self.runner.get_state(dstate), meta, metrics)
@@ -411,6 +441,18 @@ class Learner:
             f"{where}; training stopped, the last good checkpoint (step {self.checkpointer.latest_step()}) "
             f"is kept in {self.checkpointer.directory} (lower the learning rate?)"
         )
+
+
+def _fetch(results: list) -> list:
+    """Device results -> numpy trees, in one transfer."""
+    return jax.tree.map(np.asarray, jax.device_get(results))
+
+
+def _leading_size(tree) -> int:
+    sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(f"predict: the inputs disagree on the number of rows: {sorted(sizes)}")
+    return sizes.pop()
 
 
 def optim_placeholder():

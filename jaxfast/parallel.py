@@ -48,7 +48,8 @@ class Runner:
     n_devices: int
     train_step: Callable  # (device_state, device_batch) -> (device_state, metrics)
     eval_step: Callable  # (device_state, device_batch) -> metrics
-    predict_step: Callable  # (device_state, device_inputs) -> outputs
+    predict_step: Callable  # (device_state, device_inputs) -> outputs (leading axis: the batch)
+    outputs_step: Callable  # (device_state, device_batch) -> (per-example losses, outputs)
     put_state: Callable[[Any], Any]
     put_batch: Callable[[dict], Any]
     get_state: Callable[[Any], Any]  # device state -> plain (single-copy) state
@@ -90,6 +91,7 @@ def make_runner(mode: str = "auto", devices: list | None = None) -> Runner:
                                compiler_options=CPU_TRAIN_STEP_OPTIONS if device.platform == "cpu" else None),
             eval_step=jax.jit(steps.eval_step),
             predict_step=jax.jit(steps.predict_step),
+            outputs_step=jax.jit(steps.loss_and_outputs_step),
             put_state=put, put_batch=put_batch, get_state=lambda s: s, get_metrics=_to_numpy,
             sync_each_step=sync,
         )
@@ -102,6 +104,7 @@ def make_runner(mode: str = "auto", devices: list | None = None) -> Runner:
             train_step=jax.jit(steps.train_step, donate_argnums=0, out_shardings=(replicated, replicated)),
             eval_step=jax.jit(steps.eval_step, out_shardings=replicated),
             predict_step=jax.jit(steps.predict_step, out_shardings=sharded),
+            outputs_step=jax.jit(steps.loss_and_outputs_step, out_shardings=(sharded, sharded)),
             put_state=lambda s: jax.device_put(s, replicated),
             put_batch=lambda b: jax.device_put(b, sharded),
             get_state=lambda s: s, get_metrics=_to_numpy,
@@ -120,11 +123,11 @@ def make_runner(mode: str = "auto", devices: list | None = None) -> Runner:
     def put_state(state):
         return jax.device_put(jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state), stacked)
 
-    def predict(state, inputs):
-        out = pmapped_predict(state, inputs)
-        return out.reshape((-1,) + out.shape[2:])
+    def unstack(tree):  # [devices, per-device batch, ...] -> [batch, ...]
+        return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
     pmapped_predict = jax.pmap(steps.predict_step, axis_name=PMAP_AXIS, devices=devices)
+    pmapped_outputs = jax.pmap(steps.loss_and_outputs_step, axis_name=PMAP_AXIS, devices=devices)
     return Runner(
         mode, n,
         train_step=jax.pmap(
@@ -132,7 +135,8 @@ def make_runner(mode: str = "auto", devices: list | None = None) -> Runner:
             donate_argnums=0, devices=devices,
         ),
         eval_step=jax.pmap(functools.partial(steps.eval_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, devices=devices),
-        predict_step=predict,
+        predict_step=lambda state, inputs: unstack(pmapped_predict(state, inputs)),
+        outputs_step=lambda state, batch: unstack(pmapped_outputs(state, batch)),
         put_state=put_state,
         put_batch=put_batch,
         get_state=lambda s: jax.tree.map(lambda x: x[0], s),

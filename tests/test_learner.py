@@ -169,11 +169,11 @@ def test_bad_input_errors():
 @pytest.mark.parametrize("prefetch_batches", [0, 2])
 def test_background_prefetch_and_run_ahead_change_nothing(prefetch_batches, monkeypatch):
     """The batches prepared on a thread, and steps read 1 or 4 at a time: same losses, same params."""
-    import jaxfast.learner as learner_module
+    import jaxfast.pending as pending_module
 
     runs = []
     for in_flight in (0, 4):
-        monkeypatch.setattr(learner_module, "STEPS_IN_FLIGHT", in_flight)
+        monkeypatch.setattr(pending_module, "STEPS_IN_FLIGHT", in_flight)
         learn = learner(config=dataclasses.replace(QUIET, prefetch_batches=prefetch_batches))
         learn.fit(2, 1e-2)
         runs.append((np.array(learn.recorder.losses), jax.tree.leaves(learn.state.params), learn.validate()))

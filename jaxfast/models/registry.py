@@ -10,6 +10,7 @@ nor any training code.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Callable
 
@@ -74,3 +75,14 @@ def build_model(arch: str, config: dict, module: str | None = None) -> nn.Module
 
 def known_architectures() -> list[str]:
     return sorted(set(_ARCHITECTURES) | set(_MODULE_OF))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture and its JSON config: enough to rebuild the model (exports)."""
+
+    arch: str
+    config: dict
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.config)
