@@ -12,7 +12,7 @@ parts joined to the name before them); conv weights OIHW -> HWIO 'kernel', linea
 running_mean/running_var -> 'mean'/'var' in batch_stats; `num_batches_tracked` is dropped.
 Missing and unexpected keys and shape mismatches are reported by name.
 
-`python -m jaxfast.models.convert --arch cifar_resnet20 --pretrained FILE [--export DIR]`
+`python -m jaxfast.models.convert --arch cifar_resnet20 --pretrained FILE_OR_NAME [--export DIR]`
 loads a file into a registered architecture, prints what happened, and can write an export.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxfast.errors import InputError
+from jaxfast.errors import InputError, JaxfastError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt")
 BN_STATS = {"running_mean": "mean", "running_var": "var"}
@@ -137,9 +137,9 @@ def convert_state_dict(
     `prefix` is the Flax path the torch model lives under (('body',) for a cnn body);
     keys whose first torch module is in `ignore` (e.g. the cut 'fc') are skipped. Shape
     mismatches always raise WeightMismatch; with `strict`, so do missing/unexpected keys."""
-    flat = {c: _flatten(variables.get(c, {})) for c in ("params", "batch_stats")}
+    flat = _flat_variables(variables)
     report = ConversionReport(source)
-    mismatches, filled = [], set()
+    placements = []
     for key, value in state_dict.items():
         key = _strip(key)
         module, _, leaf = key.rpartition(".")
@@ -152,32 +152,68 @@ def convert_state_dict(
         if target is None:
             report.unexpected.append(key)
             continue
-        collection, path = target
         array = np.asarray(value, dtype=np.float32)
-        if path[-1] == "kernel":  # OIHW -> HWIO, (out, in) -> (in, out)
+        if target[1][-1] == "kernel":  # OIHW -> HWIO, (out, in) -> (in, out)
             array = array.transpose((2, 3, 1, 0)) if array.ndim == 4 else array.T
+        placements.append((key, tuple(np.shape(value)), target, array))
+    return _place(variables, flat, placements, report, prefix, strict), report
+
+
+def place_flax_weights(
+    weights: dict[str, np.ndarray], variables: dict, *, prefix: tuple[str, ...] = (),
+    ignore: tuple[str, ...] = (), source: str = "weights", strict: bool = True,
+) -> tuple[dict, ConversionReport]:
+    """Like convert_state_dict for weights already in Flax layout, keyed
+    'collection/module/.../leaf' (e.g. 'params/layer1_0/conv1/kernel'): what the
+    converted-weights cache of jaxfast.models.hub holds."""
+    flat = _flat_variables(variables)
+    report = ConversionReport(source)
+    placements = []
+    for key, value in weights.items():
+        collection, *path = key.split("/")
+        if path and path[0] in ignore:
+            report.ignored.append(key)
+            continue
+        target = (collection, prefix + tuple(path))
+        if target[1] not in flat.get(collection, {}):
+            report.unexpected.append(key)
+            continue
+        placements.append((key, tuple(np.shape(value)), target, np.asarray(value)))
+    return _place(variables, flat, placements, report, prefix, strict), report
+
+
+def _flat_variables(variables: dict) -> dict[str, dict]:
+    return {c: _flatten(variables.get(c, {})) for c in ("params", "batch_stats")}
+
+
+def _place(variables: dict, flat: dict, placements: list, report: ConversionReport,
+           prefix: tuple[str, ...], strict: bool) -> dict:
+    """Put each (key, file shape, (collection, path), array) in `flat`; check shapes and,
+    with `strict`, that nothing is missing or unexpected; the new variables."""
+    mismatches, filled = [], set()
+    for key, file_shape, (collection, path), array in placements:
         expected = flat[collection][path].shape
         if array.shape != tuple(expected):
-            mismatches.append(f"{key} {tuple(value.shape)} -> {collection}/{'/'.join(path)}: "
+            mismatches.append(f"{key} {file_shape} -> {collection}/{'/'.join(path)}: "
                               f"got {array.shape}, the model expects {tuple(expected)}")
             continue
         flat[collection][path] = array.astype(flat[collection][path].dtype)
-        filled.add(target)
+        filled.add((collection, path))
         report.loaded.append(key)
     report.missing = [f"{c}/{'/'.join(p)}" for c in flat for p in flat[c]
                       if p[:len(prefix)] == prefix and (c, p) not in filled]
     if mismatches:
-        raise WeightMismatch(f"{source}: shape mismatch for {len(mismatches)} tensors: " + "; ".join(mismatches))
+        raise WeightMismatch(f"{report.source}: shape mismatch for {len(mismatches)} tensors: " + "; ".join(mismatches))
     if strict and (report.missing or report.unexpected):
         raise WeightMismatch(
-            f"{source}: missing in the file: {report.missing or 'none'}; "
+            f"{report.source}: missing in the file: {report.missing or 'none'}; "
             f"unexpected (no such param in the model): {report.unexpected or 'none'}"
         )
     out = dict(variables)
     for c in flat:
         if c in variables:
             out[c] = _unflatten(flat[c])
-    return out, report
+    return out
 
 
 def _target(flat: dict, module: tuple[str, ...], leaf: str):
@@ -207,7 +243,13 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 
 def load_pretrained(variables: dict, path: str | Path, **kwargs) -> tuple[dict, ConversionReport]:
-    """Read `path` and convert it into `variables` (see convert_state_dict for kwargs)."""
+    """Read `path` and convert it into `variables` (see convert_state_dict for kwargs).
+    `path` may also be a weights name of jaxfast.models.hub (e.g. 'resnet34'), fetched
+    and converted once into the cache."""
+    from jaxfast.models import hub
+
+    if isinstance(path, str) and path in hub.PRETRAINED_WEIGHTS and not Path(path).is_file():
+        return hub.load_named(variables, path, **kwargs)
     state_dict, extras = read_state_dict(path)
     variables, report = convert_state_dict(state_dict, variables, source=str(path), **kwargs)
     report.extras = extras
@@ -223,29 +265,26 @@ def pretrained_target(model) -> dict:
     return {}
 
 
-def init_model(arch: str, config: dict, pretrained: str | Path | None, sample_inputs, seed: int = 0):
+def init_model(arch: str, config: dict, pretrained, sample_inputs, seed: int = 0):
     """(model, variables, message): the registered `arch`, randomly initialised from
-    `sample_inputs`, then overwritten by the `pretrained` file when one is given."""
+    `sample_inputs`, then overwritten by `pretrained` when given: a file, a weights name
+    of jaxfast.models.hub, or True for the default weights of the arch (of a cnn's body)."""
+    from jaxfast.models.hub import load_pretrained_body
     from jaxfast.models.registry import build_model
     from jaxfast.state import init_variables
 
     model = build_model(arch, config)
     params, batch_stats = init_variables(model, sample_inputs, seed)
     variables = {"params": params, "batch_stats": batch_stats}
-    if pretrained is None:
-        return model, variables, random_init_message(arch)
-    target = pretrained_target(model)
-    variables, report = load_pretrained(variables, pretrained, **target)
-    message = report.message(arch)
-    if target:
-        message += f"; the params outside '{'/'.join(target['prefix'])}' (the head) are randomly initialised"
+    variables, message = load_pretrained_body(variables, pretrained, config.get("body_arch", arch), model)
     return model, variables, message
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Load PyTorch weights into a jaxfast architecture.")
     parser.add_argument("--arch", required=True, help="registered architecture, e.g. cifar_resnet20")
-    parser.add_argument("--pretrained", help=".safetensors or torch checkpoint; absent: random init")
+    parser.add_argument("--pretrained", help=".safetensors or torch checkpoint, a weights name of "
+                        "jaxfast.models.hub (e.g. resnet34, resnet50.a1_in1k), or 'default'; absent: random init")
     parser.add_argument("--config", default="{}", help='architecture config as JSON, e.g. \'{"n_classes": 5}\'')
     parser.add_argument("--size", type=int, default=32, help="image size of the initialising batch")
     parser.add_argument("--export", help="write an inference export (jaxfast.export) to this folder")
@@ -259,7 +298,7 @@ def main(argv=None) -> None:
             from jaxfast.export import export_model
 
             print(f"export: {export_model(args.export, args.arch, config, variables, {'pretrained': message})}")
-    except (ImportError, OSError, ValueError) as err:  # WeightMismatch is a ValueError
+    except (ImportError, OSError, ValueError, JaxfastError) as err:  # WeightMismatch is a ValueError
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 
