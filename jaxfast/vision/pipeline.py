@@ -242,15 +242,17 @@ def sources_databunch(
     train: ImageSource, valid: ImageSource | None, test: ImageSource | None = None, *, size=224,
     batch_size: int = 64, valid_batch_size: int | None = None, tfms: T.TransformConfig | None = T.FASTAI_TRANSFORMS,
     stats="imagenet", resize_method: str = "crop", seed: int = 0, process_index: int | None = None,
-    process_count: int | None = None,
+    process_count: int | None = None, loader: type[ImageLoader] | None = None,
 ) -> DataBunch:
     """Train (shuffled, augmented, last batch dropped), valid and test loaders.
 
     `stats`: 'imagenet', 'computed' (from the training images), None, or (mean, std).
+    `loader`: the ImageLoader class (jaxfast.vision.segmentation's for masks and points).
     """
+    loader = ImageLoader if loader is None else loader
     common = dict(size=size, resize_method=resize_method, seed=seed, process_index=process_index,
                   process_count=process_count)
-    train_loader = ImageLoader(train, batch_size, shuffle=True, drop_last=True, tfms=tfms, stats=None, **common)
+    train_loader = loader(train, batch_size, shuffle=True, drop_last=True, tfms=tfms, stats=None, **common)
     if stats == "imagenet":
         stats = T.IMAGENET_STATS
     elif stats == "computed":
@@ -258,7 +260,7 @@ def sources_databunch(
     elif stats is not None and (len(stats) != 2 or len(stats[0]) != 3 or len(stats[1]) != 3):
         raise ValueError(f"stats must be 'imagenet', 'computed', None or (mean[3], std[3]), got {stats!r}")
     train_loader = dataclasses.replace(train_loader, stats=stats)
-    eval_loader = lambda src: ImageLoader(src, valid_batch_size or batch_size, stats=stats, **common)
+    eval_loader = lambda src: loader(src, valid_batch_size or batch_size, stats=stats, **common)
     valid_loader = eval_loader(valid) if valid is not None and len(valid) else None
     extra = {"test": eval_loader(test)} if test is not None and len(test) else {}
     return DataBunch(train_loader, valid_loader, extra)
