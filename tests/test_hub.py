@@ -293,3 +293,26 @@ def test_real_akamaster_file_through_the_official_entry(tmp_path):
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+def test_torchvision_style_resnet18_pth_into_a_cnn_body(tmp_path):
+    """A full-size resnet18 state dict saved with torch.save, named like torchvision's
+    files (8 hex digits of its sha256), as the default weights of resnet18 for a cnn."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (reading a .pth pickle needs it)")
+    tensors = torch_layout_tensors("resnet18", seed=1)
+    assert len(tensors) == 102 and sum(v.size for v in tensors.values()) > 11_000_000
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / "r18.pth")
+    data = (tmp_path / "r18.pth").read_bytes()
+    sha8 = hashlib.sha256(data).hexdigest()[:8]
+    server = WeightsServer({f"models/resnet18-{sha8}.pth": data})
+    try:
+        table = {"resnet18": PretrainedWeights("resnet18", server.url(f"models/resnet18-{sha8}.pth"), sha8, "test")}
+        cnn = build_model("cnn", {"body_arch": "resnet18", "n_classes": 5})
+        variables, message = load_pretrained_body(template(cnn, 64), True, "resnet18", cnn,
+                                                  cache=tmp_path / "cache", table=table)
+        assert_holds(variables, tensors, prefix=("body",), skip=("fc",))
+        assert "resnet18: loaded 100 pretrained tensors" in message and "ignored 2: params/fc/" in message
+        assert (tmp_path / "cache" / "weights" / "resnet18" / f"resnet18-{sha8}.pth").is_file()
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()

@@ -269,14 +269,16 @@ def init_model(arch: str, config: dict, pretrained, sample_inputs, seed: int = 0
     """(model, variables, message): the registered `arch`, randomly initialised from
     `sample_inputs`, then overwritten by `pretrained` when given: a file, a weights name
     of jaxfast.models.hub, or True for the default weights of the arch (of a cnn's body)."""
-    from jaxfast.models.hub import load_pretrained_body
+    from jaxfast.models.hub import load_pretrained_body, resolve_pretrained
     from jaxfast.models.registry import build_model
     from jaxfast.state import init_variables
 
+    weights_arch = config.get("body_arch", arch)
+    resolve_pretrained(pretrained, weights_arch)  # download now, or fail within seconds, before compiling
     model = build_model(arch, config)
     params, batch_stats = init_variables(model, sample_inputs, seed)
     variables = {"params": params, "batch_stats": batch_stats}
-    variables, message = load_pretrained_body(variables, pretrained, config.get("body_arch", arch), model)
+    variables, message = load_pretrained_body(variables, pretrained, weights_arch, model)
     return model, variables, message
 
 
