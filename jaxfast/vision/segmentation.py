@@ -12,7 +12,8 @@ shards, `with_size`) whose targets follow the image's own augmentation
 
 CamVid's size: its SegNet version is 360x480 (fastai's is 720x960, halved in the lesson).
 `camvid_databunch` defaults to (384, 480) with resize method 'pad': the image keeps its
-scale and gets 12 rows of reflection top and bottom (24 in all) whose mask is void, so every
+scale and gets 24 rows of reflection whose mask is void (12 top and 12 bottom in evaluation,
+a random split of them in training; fastai's 720x960 is halved first), so every
 labelled pixel is trained on and scored, and both sides divide by 32 (the encoder's stride).
 (352, 480) with 'crop' instead drops 8 rows (random ones in training, 4 + 4 in
 evaluation); 'squish' rescales the rows. Any (H, W) works: the U-Net resizes unequal maps.
