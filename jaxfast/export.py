@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxfast.errors import InputError
 from jaxfast.models.registry import build_model, module_of
 
 FORMAT_VERSION = 1
@@ -64,10 +65,10 @@ def load_export(path: str | Path) -> ExportedModel:
     path = Path(path).absolute()
     description_file = path / "export.json"
     if not description_file.is_file():
-        raise FileNotFoundError(f"{path} is not a jaxfast export: {description_file.name} is missing")
+        raise InputError(f"{path} is not a jaxfast export: {description_file.name} is missing")
     meta = json.loads(description_file.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{description_file}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        raise InputError(f"{description_file}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
     model = build_model(meta["arch"], meta["arch_config"], meta.get("arch_module"))
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(path / "variables")

@@ -268,6 +268,13 @@ class Learner:
         device_inputs = self.runner.put_batch({"inputs": inputs})["inputs"]
         return np.asarray(self.runner.predict_step(self.runner.put_state(self.state), device_inputs))[:n]
 
+    def show_results(self, path: str | Path | None = None, rows: int = 3, split: str = "valid") -> Path:
+        """fastai's show_results: a PNG of items of `split` with their truth and prediction
+        (default workdir/show_results.png); see jaxfast.show."""
+        from jaxfast.show import show_results
+
+        return show_results(self, path, rows, split)
+
     def export(self, path: str | Path, arch: str | None = None, arch_config: dict | None = None,
                meta: dict | None = None) -> Path:
         """Write an inference export (see jaxfast.export) of the current weights. The

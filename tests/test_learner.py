@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.errors import InputError
 from jaxfast.export import load_export
 from jaxfast.layer_groups import LayerGroups
 from jaxfast.learner import Learner, TrainConfig, TrainingDiverged
@@ -129,7 +130,7 @@ def test_export_round_trip(tmp_path):
     exported = load_export(tmp_path / "export")
     np.testing.assert_allclose(exported.predict(x), learn.predict(x), rtol=1e-6)
     assert exported.meta["classes"] == ["a", "b", "c"]
-    with pytest.raises(FileNotFoundError, match="not a jaxfast export"):
+    with pytest.raises(InputError, match="not a jaxfast export"):
         load_export(tmp_path)
 
 

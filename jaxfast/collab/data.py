@@ -246,11 +246,13 @@ class CollabData:
             train=ArrayLoader(self.x_train, self.y_train, batch_size, shuffle=True, drop_last=True, seed=seed,
                               name="train"),
             valid=ArrayLoader(self.x_valid, self.y_valid, 2 * batch_size, name="valid"),
+            meta=self.export_meta(),
         )
 
     def export_meta(self) -> dict:
         """What an export needs to encode ids at prediction time (JSON)."""
-        return {"task": "collab", "item_name": self.ratings.item_name,
+        return {"kind": "collab", "task": "collab", "item_name": self.ratings.item_name,
+                "n_users": len(self.users), "n_items": len(self.items),
                 "id_maps": {"users": self.users.to_json(), "items": self.items.to_json()}}
 
 

@@ -105,11 +105,22 @@ class ArrayLoader:
 
 @dataclasses.dataclass(frozen=True)
 class DataBunch:
-    """A training loader, a validation loader and any extra evaluated splits (e.g. test)."""
+    """A training loader, a validation loader and any extra evaluated splits (e.g. test).
+
+    `meta`: what a model of this data needs to be built and exported besides the arrays
+    (JSON: the kind, classes, fitted procs, id maps); the learner factories read it."""
 
     train: Loader
     valid: Loader | None = None
     extra: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def show_batch(self, path=None, rows: int = 3, split: str = "train"):
+        """fastai's show_batch: a PNG of the first `rows` x `rows` items of a batch of `split`
+        (images with their labels or masks, or a table of rows); returns its path."""
+        from jaxfast.show import show_batch
+
+        return show_batch(self, path, rows, split)
 
     def eval_splits(self) -> dict:
         """Every split evaluated at the end of training: valid first, then the extras."""

@@ -36,4 +36,15 @@ __all__ = [
     "read_rows_csv",
     "split_random",
     "tabular_databunch",
+    "tabular_learner",
 ]
+
+
+def __getattr__(attr: str):
+    """`tabular_learner` is imported on first use, so that reading data or predicting from an export
+    does not load the training loop."""
+    if attr == "tabular_learner":
+        from jaxfast.tabular.learner import tabular_learner
+
+        return tabular_learner
+    raise AttributeError(f"module 'jaxfast.tabular' has no attribute {attr!r}")

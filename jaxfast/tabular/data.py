@@ -115,9 +115,11 @@ def arrays(processor: TabularProcessor, target: TabularTarget, df: pd.DataFrame,
 def tabular_databunch(
     processor: TabularProcessor, target: TabularTarget, train: pd.DataFrame, valid: pd.DataFrame | None,
     batch_size: int = 64, seed: int = 0, extra: dict[str, pd.DataFrame] | None = None,
+    na_values: Sequence[str] = (),
 ) -> DataBunch:
     """Training loader (shuffled, last partial batch dropped as fastai does), validation and
-    extra evaluated splits (e.g. test) with the fitted `processor` and `target`."""
+    extra evaluated splits (e.g. test) with the fitted `processor` and `target`; the bunch's
+    meta holds both (and `na_values`, the cell texts read as missing) for tabular_learner."""
     x, y = arrays(processor, target, train, "train")
     loaders = {}
     for name, frame in [("valid", valid), *(extra or {}).items()]:
@@ -125,7 +127,7 @@ def tabular_databunch(
             ex, ey = arrays(processor, target, frame, name)
             loaders[name] = ArrayLoader(ex, ey, 2 * batch_size, name=name)
     train_loader = ArrayLoader(x, y, min(batch_size, len(y)), shuffle=True, drop_last=True, seed=seed, name="train")
-    return DataBunch(train_loader, loaders.pop("valid", None), loaders)
+    return DataBunch(train_loader, loaders.pop("valid", None), loaders, export_meta(processor, target, na_values))
 
 
 def model_config(processor: TabularProcessor, target: TabularTarget, layers: Sequence[int],

@@ -1,14 +1,17 @@
 """Vision: image folders and tfds catalog datasets through a tf.data pipeline with fastai v1's
 augmentations (folders, transforms, pipeline), cnn_learner, interpretation helpers.
 
-Names are imported lazily (PEP 562) so that `import jaxfast.vision.cnn_learner` and the
-like do not load TensorFlow unless images are actually read."""
+Names are imported lazily (PEP 562) so that `import jaxfast.vision.predict_images` and the
+like load only what they use."""
 
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
+    "cnn_learner": "learner",
+    "unet_learner": "learner",
+    "interpret_to_pngs": "learner",
     "ImageSplit": "folders",
     "ImageSplits": "folders",
     "find_images": "folders",
