@@ -161,6 +161,10 @@ def test_named_weights_are_downloaded_verified_converted_once_and_loaded(tmp_pat
     again, _ = load_pretrained_body(template(model), "r20", "cifar_resnet20", model, cache=cache, table=table)
     jax.tree.map(np.testing.assert_array_equal, again, variables)
     assert resolve_pretrained("r20", "cifar_resnet20", cache=cache, table=table) == source
+    no_top, message = load_pretrained_body(template(model), "r20", "cifar_resnet20", model, cache=cache, table=table,
+                                           target={"ignore": ("linear",), "strict": False})
+    assert "loaded 95 pretrained tensors" in message and "ignored 2" in message and "2 params keep their random" in message
+    assert isinstance(no_top["params"]["linear"]["kernel"], jax.ShapeDtypeStruct)  # left as it was
     # a cnn takes the same cached weights in its body; its head keeps the random init
     monkeypatch.setitem(PRETRAINED_WEIGHTS, "r20", table["r20"])
     monkeypatch.setenv("JAXFAST_CACHE", str(cache))

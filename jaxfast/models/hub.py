@@ -308,19 +308,21 @@ def load_named(variables: dict, name: str, *, cache: str | Path | None = None,
 
 
 def load_pretrained_body(variables: dict, spec, arch: str, model, *, cache: str | Path | None = None,
-                         table: dict[str, PretrainedWeights] | None = None) -> tuple[dict, str]:
-    """(variables, message) for `model` whose weights come from `spec` (None: random init,
-    a file path, a weights name, or True for `arch`'s default). A cnn gets them in its
-    body (its top ignored) and keeps its random head; `arch` is the body's arch."""
+                         table: dict[str, PretrainedWeights] | None = None,
+                         target: dict | None = None) -> tuple[dict, str]:
+    """(variables, message) for `model` whose weights come from `spec` (None/False: random
+    init, a file path, a weights name, or True for `arch`'s default). A cnn gets them in its
+    body (its top ignored) and keeps its random head; `arch` is the body's arch. `target`
+    (prefix/ignore) replaces what convert.pretrained_target(model) says."""
     if spec is None or spec is False:
         return variables, random_init_message(arch)
-    target = pretrained_target(model)
+    target = pretrained_target(model) if target is None else target
     name = weights_name(spec, arch, table)
     if name is None:
         variables, report = load_pretrained(variables, Path(spec).expanduser(), **target)
     else:
         variables, report = load_named(variables, name, cache=cache, table=table, **target)
     message = report.message(arch)
-    if target:
+    if target.get("prefix"):
         message += f"; the params outside '{'/'.join(target['prefix'])}' (the head) are randomly initialised"
     return variables, message
