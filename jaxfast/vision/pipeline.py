@@ -11,7 +11,9 @@ list. `with_size` gives the same loader at another image size (progressive resiz
 
 Sources: files found by `jaxfast.vision.folders`, or tfds catalog datasets
 (`oxford_iiit_pet`, `mnist`, `cifar10`) kept encoded in memory; offline, tfds fails
-fast and `data_dir` (a prepared tfds dir or an image folder) is used instead.
+fast and `data_dir` (a prepared tfds dir or an image folder) is used instead. Segmentation
+masks and points: jaxfast.vision.segmentation's loaders (ImageLoaders whose targets follow
+the image's augmentation).
 """
 
 from __future__ import annotations
