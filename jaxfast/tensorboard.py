@@ -6,7 +6,9 @@ by `import jaxfast.tensorboard`, and is then kept off the GPUs, which belong to 
 
 Steps are the caller's: pass the global iteration count (the number of training steps
 done so far) for per-step values and for the per-epoch table alike, as fastai's
-LearnerTensorboardWriter does, so every curve shares one axis.
+LearnerTensorboardWriter does, so every curve shares one axis. Each scalar costs about
+0.4 ms of host time: `step_series` writes a Recorder's per-step lists at epoch end
+instead of inside the training loop.
 
 Resume: on opening, the writer reads the last step already logged for each tag in the
 event files of the directory, and writes a tag only at a step after that one. An exact
@@ -17,7 +19,7 @@ same directory; TensorBoard reads them all).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jaxfast.errors import InputError
@@ -30,6 +32,10 @@ def _tensorflow():
     """TensorFlow, imported now and hidden from the GPUs (before it initialises devices)."""
     import tensorflow as tf
 
+    try:
+        import tensorboard  # noqa: F401  (tf.summary.scalar/image are implemented there)
+    except ImportError:
+        raise ImportError("jaxfast.tensorboard needs the tensorboard package: pip install tensorboard") from None
     try:
         tf.config.set_visible_devices([], "GPU")
     except (RuntimeError, ValueError):  # devices already initialised (e.g. by tf.data): leave as is
@@ -124,6 +130,16 @@ class TensorBoardWriter:
             tf.summary.image(tag, image[None], step=step)
         self.last_steps[tag] = step
         return True
+
+    def step_series(self, series: Mapping[str, Sequence[float]], prefix: str = "train") -> int:
+        """Per-step lists whose index i is step i + 1 (e.g. a Recorder's losses, lrs, moms):
+        writes the steps not logged yet, so calling it at each epoch end keeps TensorBoard
+        out of the training loop; the number of steps written."""
+        n = min((len(values) for values in series.values()), default=0)
+        first = min((self.last_steps.get(f"{prefix}/{name}" if prefix else name, 0) for name in series), default=0)
+        for i in range(max(first, 0), n):
+            self.scalars(i + 1, {name: values[i] for name, values in series.items()}, prefix)
+        return max(n - max(first, 0), 0)
 
     def epoch(self, row: Mapping[str, float], prefix: str = "epoch") -> int:
         """One row of the epoch table (train_loss, valid_loss, metrics) at its 'step'."""

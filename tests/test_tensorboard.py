@@ -107,3 +107,15 @@ def test_event_file_cut_by_a_crash_keeps_its_whole_records(tmp_path):
     assert last_steps(tmp_path / "tensorboard") == {"train/loss": 4}
     with TensorBoardWriter(tmp_path) as tb:
         assert [tb.scalars(step, {"loss": float(step)}, "train") for step in range(4, 7)] == [0, 1, 1]
+
+
+def test_step_series_writes_only_the_new_steps(tmp_path):
+    losses, lrs = [4.0, 3.0, 2.5, 2.0, 1.5], [0.1, 0.2, 0.3, 0.4, 0.5]
+    with TensorBoardWriter(tmp_path) as tb:
+        assert tb.step_series({"loss": losses[:2], "lr": lrs[:2]}) == 2
+        assert tb.step_series({"loss": losses[:2], "lr": lrs[:2]}) == 0
+    with TensorBoardWriter(tmp_path) as tb:  # a rerun whose recorder holds the whole history
+        assert tb.step_series({"loss": losses, "lr": lrs}) == 3
+    acc = accumulate(tmp_path / "tensorboard")
+    assert scalar_points(acc, "train/loss") == list(enumerate(losses, start=1))
+    assert [s for s, _ in scalar_points(acc, "train/lr")] == [1, 2, 3, 4, 5]
