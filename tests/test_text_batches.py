@@ -93,10 +93,12 @@ def test_lm_deterministic_per_epoch_and_resumable():
 def test_lm_valid_is_fixed_bptt_in_order():
     docs = fake_docs(50)
     loader = LMLoader(docs, batch_size=5, bptt=70, shuffle=False)
-    assert loader.seq_len == 72 and not loader.random_bptt
+    assert loader.seq_len == 70 and not loader.random_bptt
     np.testing.assert_array_equal(loader.stream(0), np.concatenate(docs))
     lens = loader.seq_lens(0)
     assert (lens[:-1] == 70).all() and lens.sum() == loader.steps
+    batches = list(loader.batches(0))
+    assert all(b["token_mask"].all() for b in batches[:-1])  # no padding: a model without masking is exact
 
 
 def test_random_lengths_always_fit():

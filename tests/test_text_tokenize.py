@@ -125,6 +125,17 @@ def test_processes_give_the_in_process_tokens_in_order():
                                          "xxmaj", "do", "n't", "miss", "#", "7", "."]
 
 
+def test_spawned_workers_once_jax_runs_threads():
+    """Forking after JAX started its runtime could deadlock: the pool is spawned then, and gives the same tokens."""
+    import jax
+
+    jax.devices()
+    assert tokenize.default_start_method() == "spawn"
+    texts = [f"Spawned worker {i} SAYS hi!!!!" for i in range(12)]
+    tok = Tokenizer("regex", n_workers=2, min_chunk=4)
+    assert tok.process_all(texts) == tok.process_in_process(texts)
+
+
 @pytest.mark.slow
 @needs_spacy
 def test_regex_splitter_agrees_with_spacy_on_imdb_sample():

@@ -14,13 +14,14 @@ bptt with probability 0.95 else bptt / 2, then int(normal(that, 5)), at least 5 
 most bptt + max_extra (fastai's max_len = 25). The count of batches per epoch is fixed,
 ceil(longest row / expected seq_len), and the lengths are clamped only as far as needed to
 end exactly on the last token. Shapes: every batch is padded to T = bptt + max_extra
-rounded up to 8 (96 for bptt 70), so a jitted step compiles once; the valid loader uses
-seq_len = bptt and T = bptt rounded up to 8. Extra key 'reset' [B] float32: 1 on the first
-batch an iterator yields (epoch start, or the batch a resume starts from), when the hidden
-state must be zeroed; otherwise the state carries over from the previous batch. Padded
-positions (token_mask 0) sit after the real ones in each row: a model must keep its hidden
-state unchanged over them (h = m * h_new + (1 - m) * h), and the loss is
-sum(token_loss * token_mask) / sum(token_mask).
+rounded up to 8 (96 for bptt 70), so a jitted step compiles once. The valid loader
+(random_bptt False, fastai's fixed bptt) has T = bptt: one shape too, and only its last
+batch holds padding. Extra key 'reset' [B] float32: 1 on the first batch an iterator
+yields (epoch start, or the batch a resume starts from), when the hidden state must be
+zeroed; otherwise the state carries over from the previous batch. Padded positions
+(token_mask 0) sit after the real ones in each row: a stateful model must keep its hidden
+state unchanged over them (h = m * h_new + (1 - m) * h) so that the next batch goes on
+from the last real token, and the loss is sum(token_loss * token_mask) / sum(token_mask).
 
 ClasLoader (fastai v1's SortishSampler / SortSampler + pad_collate): training batches are
 chunks of similar length (random chunks of 50 batches sorted by length, cut into batches,
@@ -109,9 +110,8 @@ class LMLoader:
             self.seq_len = _round_up(self.max_len, 8)
             mean = expected_seq_len(bptt, self.max_len)
             self._len = max(1, math.ceil(self.steps / mean))
-        else:
-            self.max_len = bptt
-            self.seq_len = _round_up(bptt, 8)
+        else:  # exactly bptt: only the epoch's last batch has padding
+            self.max_len = self.seq_len = bptt
             self._len = math.ceil(self.steps / bptt)
 
     def __len__(self) -> int:

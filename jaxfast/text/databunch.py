@@ -74,9 +74,10 @@ def _split_docs(docs: list, valid_pct: float, seed: int) -> tuple[list, list]:
 
 def lm_databunch(text: TokenizedText, batch_size: int = 64, bptt: int = 70, valid_pct: float = 0.1, seed: int = 0,
                  vocab: Vocab | None = None, max_vocab: int = 60000, min_freq: int = 2,
-                 splits: Sequence[str] | None = None) -> TextDataBunch:
+                 splits: Sequence[str] | None = None, random_bptt: bool = True) -> TextDataBunch:
     """Language-model data: the documents of `splits` (default: all) with a random
-    `valid_pct` held out; the vocab comes from the training part unless given."""
+    `valid_pct` held out; the vocab comes from the training part unless given.
+    `random_bptt=False` trains on fixed bptt windows (no padding but in the last batch)."""
     splits = list(text.tokens) if splits is None else list(splits)
     unknown = [s for s in splits if s not in text.tokens]
     if unknown:
@@ -86,7 +87,7 @@ def lm_databunch(text: TokenizedText, batch_size: int = 64, bptt: int = 70, vali
     vocab = vocab or Vocab.create(train, max_vocab=max_vocab, min_freq=min_freq)
     return TextDataBunch(
         train=LMLoader([vocab.numericalize(d) for d in train], batch_size, bptt, shuffle=True, seed=seed,
-                       pad_id=vocab.pad_id, name="lm train"),
+                       random_bptt=random_bptt, pad_id=vocab.pad_id, name="lm train"),
         valid=LMLoader([vocab.numericalize(d) for d in valid], batch_size, bptt, shuffle=False, seed=seed,
                        pad_id=vocab.pad_id, name="lm valid"),
         vocab=vocab,
