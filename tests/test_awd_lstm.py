@@ -97,7 +97,8 @@ def test_language_model_matches_torch_with_carried_state():
     np.testing.assert_allclose(stateless, apply({"params": params, **carry}, jnp.asarray(batches[3]), True)[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("seq_len", [13, 12, 6])  # a short last chunk; whole chunks only; every chunk kept
+# a short last chunk; whole chunks only; every chunk kept; fastai's strict i > sl - max_len drops the chunk at 4
+@pytest.mark.parametrize("seq_len", [13, 12, 6, 11])
 def test_classifier_matches_torch(seq_len):
     torch = pytest.importorskip("torch", reason="the PyTorch reference AWD-LSTM needs torch")
     from torch_awd_lstm import text_classifier
@@ -133,6 +134,30 @@ def test_classifier_refuses_a_text_with_no_kept_chunk():
     model = awd_lstm_clas(VOCAB, 2, bptt=4, max_len=4, **TINY)
     with pytest.raises(InputError, match="max_len"):
         model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))
+
+
+def test_classifier_trains_and_the_pad_row_gets_no_gradient_from_the_lookup():
+    model = awd_lstm_clas(VOCAB, 2, bptt=4, max_len=7, emb_sz=6, n_hid=10, n_layers=2)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(2, VOCAB, (4, 10))).at[:2, :3].set(1)
+    variables = jax.jit(model.init)(jax.random.key(0), tokens)
+
+    def loss(params, key):
+        logits, updates = model.apply({**variables, "params": params}, tokens, True, rngs={"dropout": key},
+                                      mutable=["batch_stats", "intermediates"])
+        return logits[:, 0].mean() - logits[:, 1].mean()
+
+    grads = jax.jit(jax.grad(loss))(variables["params"], jax.random.key(1))
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    embedding_grad = np.asarray(grads["encoder"]["embedding"]["embedding"])
+    assert np.all(embedding_grad[1] == 0), "padding_idx: no gradient to the pad row"
+    # chunk 0 (tokens 0-3) is not kept and the carry is detached after it, as fastai's to_detach
+    kept_tokens = set(np.unique(tokens[:, 4:]).tolist()) - {1}
+    only_in_chunk_0 = sorted(set(np.unique(tokens[:, :4]).tolist()) - kept_tokens - {1})
+    assert only_in_chunk_0 and np.all(embedding_grad[only_in_chunk_0] == 0)
+    assert (np.abs(embedding_grad[sorted(kept_tokens)]).sum(axis=1) > 0).mean() > 0.8  # embed_p drops a few rows
+    for name in ("rnns_0", "rnns_1"):
+        assert np.abs(grads["encoder"][name]["kernel_hh"]).max() > 0
+    assert np.abs(grads["head"]["linear_1"]["kernel"]).max() > 0
 
 
 # ----------------------------------------------------------------------------- dropouts

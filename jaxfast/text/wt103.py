@@ -200,23 +200,29 @@ def lm_params_from_fastai(state: dict[str, np.ndarray], tie_weights: bool = True
     return params
 
 
-def place(new: dict, target: dict, path: str = "") -> dict:
+def place(new: dict, target: dict) -> dict:
     """`target` (a Flax params tree) with the leaves of `new` put in, every key and shape
-    checked; leaves of `target` that `new` lacks are kept (e.g. a classifier's head)."""
-    unknown = set(new) - set(target)
-    if unknown:
-        raise WeightMismatch(f"pretrained weights {sorted(path + k for k in unknown)} have no place in the model "
-                             f"(its params under '{path or '/'}': {sorted(target)})")
-    out = dict(target)
-    for key, value in new.items():
-        if isinstance(value, dict):
-            out[key] = place(value, target[key], f"{path}{key}/")
-        else:
-            expected = np.shape(target[key])
-            if np.shape(value) != expected:
-                raise WeightMismatch(f"{path}{key}: pretrained shape {np.shape(value)}, model shape {expected}")
-            out[key] = np.asarray(value, dtype=np.asarray(target[key]).dtype)
-    return out
+    checked (all mismatches named at once); leaves of `target` that `new` lacks are kept
+    (e.g. a classifier's head)."""
+    problems = []
+
+    def merge(new, target, path):
+        out = dict(target)
+        for key in sorted(set(new) - set(target)):
+            problems.append(f"{path}{key}: in the pretrained weights, not in the model")
+        for key in set(new) & set(target):
+            if isinstance(new[key], dict):
+                out[key] = merge(new[key], target[key], f"{path}{key}/")
+            elif np.shape(new[key]) != np.shape(target[key]):
+                problems.append(f"{path}{key}: pretrained shape {np.shape(new[key])}, model shape {np.shape(target[key])}")
+            else:
+                out[key] = np.asarray(new[key], dtype=target[key].dtype)
+        return out
+
+    placed = merge(new, target, "")
+    if problems:
+        raise WeightMismatch("pretrained weights do not fit the model: " + "; ".join(sorted(problems)))
+    return placed
 
 
 def _leaf_paths(tree: dict, path: str = "") -> set[str]:
