@@ -16,26 +16,24 @@ from pathlib import Path
 
 from jaxfast import experiment
 from jaxfast.data.mnist import load_mnist_sample
-from jaxfast.experiment import print_results
+from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import TrainConfig
-from jaxfast.vision import ImageSource, get_transforms, sources_databunch
-from jaxfast.vision.cnn_learner import cnn_arch_config, cnn_learner, interpret_to_pngs
-from jaxfast.vision.predict_images import export_image_classifier
+from jaxfast.vision import ImageSource, cnn_learner, get_transforms, interpret_to_pngs, sources_databunch
 
 RAND_PAD_STANDIN = get_transforms(do_flip=False, max_rotate=0.0, max_zoom=1.1, max_lighting=0.0, max_warp=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 1: MNIST_SAMPLE (3s vs 7s) with a cnn, from scratch unless --pretrained."""
+    """Lesson 1: MNIST_SAMPLE (3s vs 7s) with a cnn, from scratch unless --pretrained.
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, export/, metrics.json); default runs/lesson1_mnist_sample."""
-    data_dir: str | None = None
-    """Folder with mnist_sample.npz or train/{3,7}, valid/{3,7} PNGs; without it, tfds mnist (3s and 7s)."""
+    --data-dir: a folder with mnist_sample.npz or train/{3,7}, valid/{3,7} PNGs; without it, tfds mnist (3s and 7s)."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     arch: str = "resnet18"
     pretrained: str | None = None
-    """ImageNet weights of the body (.pth or .safetensors); absent: random init, all groups trained."""
+    """ImageNet weights of the body: a name (resnet18, ...) or a .pth/.safetensors file; absent: random init, all groups trained."""
     size: int = 28
     batch_size: int = 64
     epochs: int = 2
@@ -46,15 +44,14 @@ class Config:
     max_train_rows: int | None = None
     """Use only N training images, drawn evenly over the (3s first) list (the tiny variant)."""
     top_losses: int = 9
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(arch="simple_cnn", batch_size=16, epochs=1, max_train_rows=128, top_losses=4, progress=False)
+TINY = Config(train=TrainConfig(progress=False), arch="simple_cnn", batch_size=16, epochs=1, max_train_rows=128,
+              top_losses=4)
 
 
 def make_data(config: Config):
-    splits = load_mnist_sample(config.data_dir)
+    splits = load_mnist_sample(config.run.data_dir)
     print(splits.note)
     x_train, y_train = splits.x_train, splits.y_train
     if config.max_train_rows is not None:  # both classes: the arrays hold the 3s first
@@ -63,27 +60,24 @@ def make_data(config: Config):
     train = ImageSource("pixels", x_train[..., None], y_train, splits.classes, "train")
     valid = ImageSource("pixels", splits.x_valid[..., None], splits.y_valid, splits.classes, "valid")
     return sources_databunch(train, valid, size=config.size, batch_size=config.batch_size, tfms=RAND_PAD_STANDIN,
-                             stats="imagenet", seed=config.seed)
+                             stats="imagenet", seed=config.train.seed)
 
 
 def main(config: Config, workdir: Path) -> dict:
     data = make_data(config)
     print(f"train {data.train.num_rows} images, valid {data.valid.num_rows} images, {len(data.train)} steps/epoch")
-    arch = cnn_arch_config(config.arch, len(data.train.classes))
-    train_config = TrainConfig(seed=config.seed, progress=config.progress)
-    learn = cnn_learner(data, arch, config.pretrained, ["accuracy"], train_config, workdir)
-    if config.pretrained is None:
+    pretrained = config.pretrained or False
+    learn = cnn_learner(data, config.arch, pretrained, metrics=["accuracy"], config=config.train, workdir=workdir)
+    if not pretrained:
         print(f"== {config.arch} from scratch: fit_one_cycle({config.epochs}, {config.lr}), all groups")
         learn.fit_one_cycle(config.epochs, config.lr)
     else:
         print(f"== {config.arch} pretrained, body frozen: fit({config.epochs}, slice({config.lr_pretrained}))")
-        learn.freeze()
         learn.fit(config.epochs, slice(config.lr_pretrained))
     results = learn.evaluate_all()
     print_results(results)
     interpret_to_pngs(learn, workdir, config.top_losses, 1)
-    path = export_image_classifier(learn, workdir / "export", "cnn", arch)
-    print(f"export: {path}")
+    print(f"export: {learn.export(workdir / 'export')}")
     return results
 
 

@@ -15,26 +15,19 @@ from typing import Literal
 
 from jaxfast import experiment
 from jaxfast.datasets.adult import NA_VALUES, TARGET, load_adult, read_adult
-from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
-from jaxfast.tabular import (
-    TabularProcessor,
-    TabularTarget,
-    export_meta,
-    model_config,
-    split_random,
-    tabular_databunch,
-)
+from jaxfast.experiment import Run, RunConfig
+from jaxfast.learner import TrainConfig
+from jaxfast.tabular import TabularProcessor, TabularTarget, split_random, tabular_databunch, tabular_learner
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 4: Adult income with fastai's tabular model (fit(1, 1e-2), layers [200, 100])."""
+    """Lesson 4: Adult income with fastai's tabular model (fit(1, 1e-2), layers [200, 100]).
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, metrics.json, export/); default runs/lesson4_tabular."""
-    data_dir: str | None = None
-    """Folder with adult_sample/adult.csv (fastai) or adult.data (UCI); without it, tfds 'adult' (needs the network)."""
+    --data-dir: a folder with adult_sample/adult.csv (fastai) or adult.data (UCI); without it, tfds 'adult' (needs the network)."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     source: Literal["fastai_sample", "uci"] = "fastai_sample"
     """fastai_sample: the lesson's adult.csv; uci: adult.data (+ adult.test as the test split when present)."""
     test_csv: str | None = None
@@ -49,45 +42,39 @@ class Config:
     batch_size: int = 64
     epochs: int = 1
     lr: float = 1e-2
-    wd: float = 1e-2
     one_cycle: bool = False
     """fit_one_cycle instead of the lesson's constant-rate fit."""
     max_rows: int | None = None
     """Use only the first N rows of the training file (before the split)."""
     tfds_data_dir: str | None = None
     """tfds data dir for the download path (default ~/tensorflow_datasets)."""
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(batch_size=8, valid_pct=0.25, layers=(16, 8), progress=False)
+TINY = Config(train=TrainConfig(progress=False), batch_size=8, valid_pct=0.25, layers=(16, 8))
 
 
 def main(config: Config, workdir: Path) -> dict:
-    frames = load_adult(config.data_dir, config.source, config.tfds_data_dir)
+    frames = load_adult(config.run.data_dir, config.source, config.tfds_data_dir)
     df = frames.train if config.max_rows is None else frames.train.iloc[: config.max_rows]
     test = read_adult(config.test_csv) if config.test_csv else frames.test
     print(frames.note + (f"; test from {config.test_csv}" if config.test_csv else ""))
-    train, valid = split_random(df, config.valid_pct, config.seed)
+    train, valid = split_random(df, config.valid_pct, config.train.seed)
     processor = TabularProcessor(list(config.cat_names), list(config.cont_names)).fit(train)
     target = TabularTarget(TARGET).fit(train)
-    data = tabular_databunch(processor, target, train, valid, config.batch_size, config.seed,
-                             extra={"test": test} if test is not None else None)
+    data = tabular_databunch(processor, target, train, valid, config.batch_size, config.train.seed,
+                             extra={"test": test} if test is not None else None, na_values=NA_VALUES)
     print(f"train {len(train)} rows, valid {len(valid)} rows" + (f", test {len(test)} rows" if test is not None else ""))
     print(f"categorical {processor.all_cat_names}, continuous {processor.cont_names}, "
           f"embeddings {processor.embedding_sizes()}, classes {target.classes}")
-    arch = model_config(processor, target, config.layers, config.ps, config.emb_drop)
-    learn = Learner(
-        build_model("tabular", arch), data, target.loss, ["accuracy"],
-        config=TrainConfig(wd=config.wd, seed=config.seed, progress=config.progress), workdir=workdir,
-    )
+    learn = tabular_learner(data, config.layers, metrics=["accuracy"], ps=config.ps, emb_drop=config.emb_drop,
+                            config=config.train, workdir=workdir)
     if config.one_cycle:
         learn.fit_one_cycle(config.epochs, config.lr)
     else:
         learn.fit(config.epochs, config.lr)
     results = learn.evaluate_all()
     print(", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-    path = learn.export(workdir / "export", "tabular", arch, export_meta(processor, target, NA_VALUES))
+    path = learn.export(workdir / "export")
     print(f"export: {path} (predict with: python -m jaxfast.predict {path} rows.csv)")
     return results
 

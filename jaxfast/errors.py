@@ -14,5 +14,9 @@ class InputError(JaxfastError, ValueError):
     """Bad user input: a file, row, key, shape or setting that cannot be used (the message names it)."""
 
 
+class MissingInput(JaxfastError, FileNotFoundError):
+    """A file or folder the user named (or that a layout requires) does not exist."""
+
+
 class TrainingDiverged(JaxfastError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

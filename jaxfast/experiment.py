@@ -1,7 +1,9 @@
 """The experiment contract shared by every `experiments/` module.
 
 - settings come from one frozen dataclass per experiment, shown by `--help` with
-  their defaults; `--tiny` starts from the experiment's tiny variant (for tests);
+  their defaults; it nests the shared `RunConfig` (`--workdir`, `--data-dir`) and the
+  loop's `TrainConfig` (`--train.wd`, `--train.seed`, ...); `--tiny` starts from the
+  experiment's tiny variant (for tests);
 - `--workdir DIR` receives checkpoints, history.csv, PNG plots, `config.json` and
   `metrics.json` (`{"final": ..., "config": ..., "seconds": ...}`); rerunning the same
   command resumes; a different config in a workdir holding trained work is refused, and so
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Annotated, Callable, Sequence, TypeVar
 
 try:
     import fcntl
@@ -28,12 +30,26 @@ except ImportError:  # not POSIX: runs are not locked
 
 import tyro
 
-from jaxfast.data.download import DatasetUnavailable
-from jaxfast.errors import JaxfastError, TrainingDiverged
+from jaxfast.errors import JaxfastError
 
 ConfigT = TypeVar("ConfigT")
 
 TINY_FLAG = "--tiny"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a run reads its data and writes its outputs (every experiment's first settings)."""
+
+    workdir: str | None = None
+    """Outputs: checkpoints, history.csv, TensorBoard events, PNG plots, config.json, metrics.json, export/
+    (default runs/<experiment>); rerunning the same command there resumes."""
+    data_dir: str | None = None
+    """A local copy of the data (the experiment's help says which layouts); without it, the download path."""
+
+
+# Nested in every experiment's config without a prefix: `--workdir`, `--data-dir`.
+Run = Annotated[RunConfig, tyro.conf.OmitArgPrefixes]
 
 
 class ConfigMismatch(JaxfastError, RuntimeError):
@@ -60,6 +76,17 @@ def config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{'train': {'wd': 0.1}} -> {'train.wd': 0.1}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: Path):
     """Hold an exclusive lock on `workdir/.lock` while a run uses the folder, so a second run
@@ -75,7 +102,7 @@ def workdir_lock(workdir: Path):
         yield
 
 
-def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir", "progress")) -> None:
+def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("run.workdir", "train.progress")) -> None:
     """Write config.json, or refuse when the workdir already holds work (checkpoints,
     history, metrics) of a run with a different config. A config.json alone, left by a run
     that stopped before training (say, on a missing dataset), is replaced: rerunning with
@@ -85,7 +112,7 @@ def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("workdir
     holds_work = any(p.is_file() and p != path and not p.name.startswith(".") and not p.name.endswith(".tmp")
                      for p in workdir.rglob("*"))
     if path.exists() and holds_work:
-        old = json.loads(path.read_text())
+        old, config = _flat(json.loads(path.read_text())), _flat(config)
         diff = {
             key: (old.get(key), config.get(key))
             for key in sorted(set(old) | set(config))
@@ -122,11 +149,12 @@ def summary_line(final: dict, seconds: float) -> str:
 def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, args: Sequence[str] | None = None) -> dict:
     """Parse the config, prepare the workdir, call `main(config, workdir)`, record and print the final metrics.
 
-    `main` returns the final metrics (a flat dict of numbers). Known failures (dataset
-    unavailable, diverged loss, bad config or input) end with a one-line message and exit 2.
+    `main` returns the final metrics (a flat dict of numbers). Expected failures (a
+    `JaxfastError`: dataset unavailable, diverged loss, bad input or config, workdir in use)
+    end with a one-line message and exit 2; anything else keeps its traceback.
     """
     config = parse_config(default, tiny, args)
-    workdir = Path(getattr(config, "workdir") or Path("runs") / type(config).__module__.split(".")[-1])
+    workdir = Path(config.run.workdir or Path("runs") / type(config).__module__.split(".")[-1])
     start = time.time()
     try:
         with workdir_lock(workdir):
@@ -134,7 +162,7 @@ def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, 
             final = main(config, workdir)
             seconds = time.time() - start
             write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
-    except (DatasetUnavailable, TrainingDiverged, ConfigMismatch, WorkdirInUse, FileNotFoundError, ValueError) as err:
+    except JaxfastError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     print(summary_line(final, seconds), flush=True)

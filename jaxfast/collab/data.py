@@ -19,7 +19,7 @@ import pandas as pd
 
 from jaxfast.data.download import load_tfds_as_numpy
 from jaxfast.data.loader import ArrayLoader, DataBunch
-from jaxfast.errors import InputError
+from jaxfast.errors import InputError, MissingInput
 
 NA = "#na#"
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -53,7 +53,7 @@ def _rows(path: Path, sep: str, n_fields: int, encoding: str = "utf-8", header: 
             if header and line == 1 or not fields:
                 continue
             if len(fields) < n_fields:
-                raise ValueError(f"{path}, line {line}: expected {n_fields} fields, got {len(fields)}: {fields!r}")
+                raise InputError(f"{path}, line {line}: expected {n_fields} fields, got {len(fields)}: {fields!r}")
             yield line, fields
 
 
@@ -61,7 +61,7 @@ def _rating(path: Path, line: int, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{path}, line {line}: rating {text!r} is not a number") from None
+        raise InputError(f"{path}, line {line}: rating {text!r} is not a number") from None
 
 
 def read_u_item(path: Path) -> dict[str, str]:
@@ -81,25 +81,25 @@ def _read_triples(path: Path, sep: str, header: bool = False):
         ratings.append(_rating(path, line, fields[2]))
         lines.append(line)
     if not ratings:
-        raise ValueError(f"{path} holds no ratings")
+        raise InputError(f"{path} holds no ratings")
     return np.array(users), np.array(items), np.array(ratings, np.float32), lines
 
 
 def read_ml100k(folder: Path, item_key: str = "title") -> Ratings:
     """ml-100k's `u.data` (user, item, rating, timestamp; tabs), items as titles from `u.item`."""
     if item_key not in ITEM_KEYS:
-        raise ValueError(f"item_key must be one of {ITEM_KEYS}, got {item_key!r}")
+        raise InputError(f"item_key must be one of {ITEM_KEYS}, got {item_key!r}")
     path = folder / "u.data"
     users, items, ratings, lines = _read_triples(path, "\t")
     if item_key == "title":
         item_path = folder / "u.item"
         if not item_path.is_file():
-            raise FileNotFoundError(f"{item_path} is missing: titles come from it (or use item_key='id')")
+            raise MissingInput(f"{item_path} is missing: titles come from it (or use item_key='id')")
         titles = read_u_item(item_path)
         missing = [(line, m) for line, m in zip(lines, items.tolist()) if m not in titles]
         if missing:
             line, movie = missing[0]
-            raise ValueError(f"{path}, line {line}: movie id {movie!r} has no title in {item_path} "
+            raise InputError(f"{path}, line {line}: movie id {movie!r} has no title in {item_path} "
                              f"({len(missing)} such rows)")
         items = np.array([titles[m] for m in items.tolist()])
     note = (f"ml-100k ({folder}): {len(ratings):,} ratings, {len(set(users.tolist())):,} users, "
@@ -118,7 +118,7 @@ def read_ratings_csv(path: Path) -> Ratings:
 def load_tfds_ratings(item_key: str = "title", tfds_data_dir: str | None = None) -> Ratings:
     """tfds `movielens/100k-ratings` (fails fast offline, naming --data-dir)."""
     if item_key not in ITEM_KEYS:
-        raise ValueError(f"item_key must be one of {ITEM_KEYS}, got {item_key!r}")
+        raise InputError(f"item_key must be one of {ITEM_KEYS}, got {item_key!r}")
     f = load_tfds_as_numpy("movielens/100k-ratings", "train", ML100K_URL, DATA_DIR_HINT, tfds_data_dir)
     items = _text(f["movie_title"] if item_key == "title" else f["movie_id"])
     users = _text(f["user_id"])
@@ -140,7 +140,7 @@ def load_ratings(data_dir: str | Path | None, item_key: str = "title") -> Rating
         return read_ml100k(folder, item_key)
     if (folder / "ratings.csv").is_file():
         return read_ratings_csv(folder / "ratings.csv")
-    raise FileNotFoundError(f"no ratings in {folder}: looked for u.data (ml-100k, with u.item) and ratings.csv (ml_sample)")
+    raise MissingInput(f"no ratings in {folder}: looked for u.data (ml-100k, with u.item) and ratings.csv (ml_sample)")
 
 
 def generate_ratings(n_users: int = 100, n_items: int = 120, n_factors: int = 3, density: float = 0.5,
@@ -175,7 +175,7 @@ class IdMap:
     def from_values(cls, name: str, values) -> IdMap:
         unique = set(np.asarray(values).astype(str).tolist())
         if NA in unique:
-            raise ValueError(f"{name} id {NA!r} is reserved for ids the training split never saw")
+            raise InputError(f"{name} id {NA!r} is reserved for ids the training split never saw")
         return cls(name, (NA, *sorted(unique, key=_id_key)))
 
     def __len__(self) -> int:
@@ -185,7 +185,7 @@ class IdMap:
         """int32 indices of `values`; an unseen id raises UnknownIdError naming its row
         (unknown='error') or becomes 0, '#na#' (unknown='na', fastai's validation rule)."""
         if unknown not in ("error", "na"):
-            raise ValueError(f"unknown must be 'error' or 'na', got {unknown!r}")
+            raise InputError(f"unknown must be 'error' or 'na', got {unknown!r}")
         strings = np.asarray(values).astype(str).reshape(-1)
         codes = pd.Index(self.classes[1:]).get_indexer(strings).astype(np.int32) + 1
         bad = np.flatnonzero(codes == 0)
@@ -206,7 +206,7 @@ class IdMap:
     @classmethod
     def from_json(cls, data: dict) -> IdMap:
         if not data.get("classes") or data["classes"][0] != NA:
-            raise ValueError(f"id map {data.get('name')!r}: classes must start with {NA!r}")
+            raise InputError(f"id map {data.get('name')!r}: classes must start with {NA!r}")
         return cls(data["name"], tuple(data["classes"]))
 
 
@@ -216,7 +216,7 @@ class IdMap:
 def split_indices(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """fastai v1 `split_by_rand_pct`: the first int(valid_pct*n) of a seeded permutation validate."""
     if not 0 < valid_pct < 1:
-        raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+        raise InputError(f"valid_pct must be in (0, 1), got {valid_pct}")
     order = np.random.RandomState(seed).permutation(n)
     cut = int(valid_pct * n)
     return np.sort(order[cut:]), order[:cut]
@@ -283,7 +283,7 @@ class CollabPredictor:
     def predict(self, users: Sequence, items: Sequence, unknown: str = "error") -> np.ndarray:
         """Predicted ratings; unseen ids raise UnknownIdError (or use '#na#' with unknown='na')."""
         if len(users) != len(items):
-            raise ValueError(f"{len(users)} users but {len(items)} items: give one of each per row")
+            raise InputError(f"{len(users)} users but {len(items)} items: give one of each per row")
         x = (self.users.encode(users, unknown), self.items.encode(items, unknown))
         return self.exported.predict(x)
 
@@ -295,6 +295,6 @@ def load_collab_export(path: str | Path) -> CollabPredictor:
     exported = load_export(path)
     maps = exported.meta.get("id_maps")
     if exported.meta.get("task") != "collab" or not maps:
-        raise ValueError(f"{path} is not a collab export: export.json has no id_maps")
+        raise InputError(f"{path} is not a collab export: export.json has no id_maps")
     return CollabPredictor(exported, IdMap.from_json(maps["users"]), IdMap.from_json(maps["items"]))
 

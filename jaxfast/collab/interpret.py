@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfast.collab.data import CollabData
+from jaxfast.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +62,10 @@ def interpret(params: dict, data: CollabData, top_n: int = 1000, n_show: int = 1
               k: int = 3) -> Interpretation:
     """Bias extremes and PCA component extremes of an EmbeddingDotBias's `params`."""
     if "i_bias_table" not in params or "i_weight" not in params:
-        raise ValueError(f"interpret needs EmbeddingDotBias params (i_bias_table, i_weight), got {sorted(params)}")
+        raise InputError(f"interpret needs EmbeddingDotBias params (i_bias_table, i_weight), got {sorted(params)}")
     items = most_rated(data, top_n)
     if len(items) < 2:
-        raise ValueError(f"interpret needs at least 2 items known to training, got {len(items)}")
+        raise InputError(f"interpret needs at least 2 items known to training, got {len(items)}")
     idx = data.items.encode(items)
     biases = np.asarray(params["i_bias_table"])[idx]
     means = _mean_ratings(data)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+from jaxfast.errors import InputError
 
 ONES = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
@@ -49,7 +50,7 @@ def number_to_words(n: int) -> str:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"number_to_words expects an int, got {type(n).__name__}")
     if not 0 < n < 10000:
-        raise ValueError(f"number_to_words supports 0 < n < 10000, got {n}")
+        raise InputError(f"number_to_words supports 0 < n < 10000, got {n}")
     thousands, rest = divmod(int(n), 1000)
     hundreds, below_hundred = divmod(rest, 100)
     words: list[str] = []
@@ -65,7 +66,7 @@ def number_to_words(n: int) -> str:
 def human_numbers_text(start: int, stop: int) -> str:
     """The numbers start..stop-1 in words, joined by " . " like fastai's txt files."""
     if not 0 < start < stop <= 10000:
-        raise ValueError(f"need 0 < start < stop <= 10000, got start={start}, stop={stop}")
+        raise InputError(f"need 0 < start < stop <= 10000, got start={start}, stop={stop}")
     return f" {SEPARATOR} ".join(number_to_words(n) for n in range(start, stop))
 
 
@@ -86,7 +87,7 @@ def encode(tokens: Sequence[str], vocab: Sequence[str]) -> np.ndarray:
     try:
         return np.fromiter((token_to_id[t] for t in tokens), dtype=np.int32, count=len(tokens))
     except KeyError as err:
-        raise ValueError(
+        raise InputError(
             f"token {err.args[0]!r} is not in the vocabulary of {len(vocab)} tokens"
         ) from None
 
@@ -132,13 +133,13 @@ def lm_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> tuple[np.ndarr
     """
     ids = np.asarray(ids)
     if ids.ndim != 1:
-        raise ValueError(f"ids must be a 1-D token stream, got shape {ids.shape}")
+        raise InputError(f"ids must be a 1-D token stream, got shape {ids.shape}")
     if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+        raise InputError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
     row_len = len(ids) // batch_size
     n_windows = (row_len - 1) // seq_len
     if n_windows < 1:
-        raise ValueError(
+        raise InputError(
             f"stream of {len(ids)} tokens is too short for batch_size={batch_size}, seq_len={seq_len}"
         )
     rows = ids[: batch_size * row_len].reshape(batch_size, row_len)

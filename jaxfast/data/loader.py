@@ -14,12 +14,13 @@ from typing import Any, Iterator, Protocol
 
 import jax
 import numpy as np
+from jaxfast.errors import InputError
 
 
 def _leading_size(tree) -> int:
     sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree)}
     if len(sizes) != 1:
-        raise ValueError(f"inputs and targets disagree on the number of rows: {sorted(sizes)}")
+        raise InputError(f"inputs and targets disagree on the number of rows: {sorted(sizes)}")
     return sizes.pop()
 
 
@@ -56,12 +57,12 @@ class ArrayLoader:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
+            raise InputError(f"{self.name}: batch_size must be >= 1, got {self.batch_size}")
         n = _leading_size((self.inputs, self.targets))
         if n == 0:
-            raise ValueError(f"{self.name}: the dataset is empty (0 rows)")
+            raise InputError(f"{self.name}: the dataset is empty (0 rows)")
         if self.drop_last and n < self.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {n} rows is fewer than one batch of {self.batch_size} and drop_last is set; "
                 "lower the batch size"
             )

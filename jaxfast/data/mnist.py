@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfast.data.download import load_tfds_as_numpy
+from jaxfast.errors import InputError, MissingInput
 
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 
@@ -93,22 +94,22 @@ def read_idx(path: str | Path) -> np.ndarray:
         else:
             content = path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: not a valid gzip file ({error})") from error
+        raise InputError(f"{path}: not a valid gzip file ({error})") from error
 
     if len(content) < 8:
-        raise ValueError(
+        raise InputError(
             f"{path}: truncated idx header: expected at least 8 bytes, got {len(content)}"
         )
     magic = int.from_bytes(content[:4], "big")
     if magic not in _IDX_NDIM_BY_MAGIC:
-        raise ValueError(
+        raise InputError(
             f"{path}: bad magic number {magic}: expected {IDX_IMAGES_MAGIC} (images) "
             f"or {IDX_LABELS_MAGIC} (labels)"
         )
     ndim = _IDX_NDIM_BY_MAGIC[magic]
     header_bytes = 4 + 4 * ndim
     if len(content) < header_bytes:
-        raise ValueError(
+        raise InputError(
             f"{path}: truncated idx header: expected {header_bytes} bytes, got {len(content)}"
         )
     shape = tuple(
@@ -117,7 +118,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected_bytes = header_bytes + int(np.prod(shape))
     if len(content) != expected_bytes:
         problem = "truncated" if len(content) < expected_bytes else "trailing data"
-        raise ValueError(
+        raise InputError(
             f"{path}: {problem}: header says shape {shape}, expected {expected_bytes} bytes, "
             f"got {len(content)}"
         )
@@ -137,12 +138,12 @@ def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"{images_path} / {labels_path}: expected images [N, 28, 28] and labels [N], "
             f"got shapes {images.shape} and {labels.shape}"
         )
     if len(images) != len(labels):
-        raise ValueError(
+        raise InputError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
     return images, labels.astype(np.int32)
@@ -186,7 +187,7 @@ def _load_mnist_folder(folder: Path, seed: int) -> MnistSplits:
     looked_for = ", ".join(
         f"{stem}[.gz]" for stem in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
     )
-    raise FileNotFoundError(
+    raise MissingInput(
         f"No usable MNIST idx files in {folder}: looked for {looked_for}; need the "
         f"{TEST_IMAGES} + {TEST_LABELS} pair, plus the train pair for the full 60k train set"
     )
@@ -222,7 +223,7 @@ def _digits_to_sample_labels(digits: np.ndarray, source: str) -> np.ndarray:
         return (digits == 7).astype(np.int32)
     if values <= {0, 1}:
         return digits.astype(np.int32)
-    raise ValueError(f"{source}: expected labels 3/7 (or 0/1), found {sorted(values)}")
+    raise InputError(f"{source}: expected labels 3/7 (or 0/1), found {sorted(values)}")
 
 
 def _read_png_class_folders(split_folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +242,7 @@ def _read_png_class_folders(split_folder: Path) -> tuple[np.ndarray, np.ndarray]
                 images.append(np.asarray(image.convert("L"), dtype=np.uint8))
             labels.append(class_index)
     if not images:
-        raise FileNotFoundError(f"No PNGs in {split_folder}/3 or {split_folder}/7")
+        raise MissingInput(f"No PNGs in {split_folder}/3 or {split_folder}/7")
     return np.stack(images), np.asarray(labels, dtype=np.int32)
 
 
@@ -273,7 +274,7 @@ def load_mnist_sample(data_dir: str | Path | None) -> MnistSplits:
             "classes 3 -> 0, 7 -> 1"
         )
         return MnistSplits(x_train, y_train, x_valid, y_valid, note, SAMPLE_CLASSES)
-    raise FileNotFoundError(
+    raise MissingInput(
         f"No MNIST_SAMPLE data in {folder}: looked for {SAMPLE_NPZ} and for "
         "train/{3,7}/*.png with valid/{3,7}/*.png"
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
+from jaxfast.errors import InputError, MissingInput
 from etils import epath
 
 COLUMNS = (
@@ -52,17 +53,17 @@ def parse_adult(text: str, source: str = "adult") -> pd.DataFrame:
     lines = text.splitlines()
     body = [line for line in lines if line.strip() and not line.startswith("|")]
     if not body:
-        raise ValueError(f"{source}: no data rows")
+        raise InputError(f"{source}: no data rows")
     first = [field.strip() for field in body[0].split(",")]
     names = list(COLUMNS)
     if first[0] == "age":  # a header line: fastai's names, or the UCI files' added header
         if TARGET in first:
             missing = [c for c in COLUMNS if c not in first]
             if missing:
-                raise ValueError(f"{source}: header lacks the column(s) {missing}; it has {first}")
+                raise InputError(f"{source}: header lacks the column(s) {missing}; it has {first}")
             names = first
         elif len(first) != len(COLUMNS):
-            raise ValueError(f"{source}: header has {len(first)} fields, UCI's layout has {len(COLUMNS)}")
+            raise InputError(f"{source}: header has {len(first)} fields, UCI's layout has {len(COLUMNS)}")
         body = body[1:]
     frame = pd.read_csv(io.StringIO("\n".join(body)), header=None, names=names, dtype=str, keep_default_na=False)
     frame = frame.apply(lambda col: col.str.strip())
@@ -73,12 +74,12 @@ def parse_adult(text: str, source: str = "adult") -> pd.DataFrame:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
             value = frame[name][bad].iloc[0]
-            raise ValueError(f"{source}: data row {row}: column {name!r} value {value!r} is not a number")
+            raise InputError(f"{source}: data row {row}: column {name!r} value {value!r} is not a number")
         frame[name] = values.astype("float64")
     labels = frame[TARGET].str.rstrip(".").map(_LABEL_ALIASES)
     if labels.isna().any():
         row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 1
-        raise ValueError(f"{source}: data row {row}: label {frame[TARGET].iloc[row - 1]!r} is not one of "
+        raise InputError(f"{source}: data row {row}: label {frame[TARGET].iloc[row - 1]!r} is not one of "
                          f"{sorted(_LABEL_ALIASES)}")
     frame[TARGET] = labels
     return frame
@@ -88,7 +89,7 @@ def read_adult(path: str | Path) -> pd.DataFrame:
     """Read one Adult file (adult.data, adult.test or fastai's adult.csv)."""
     path = epath.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInput(f"{path} does not exist")
     return parse_adult(path.read_text(encoding="utf-8"), str(path))
 
 
@@ -109,14 +110,14 @@ def local_files(data_dir: str | Path, source: str) -> tuple[Path, Path | None]:
         for path in candidates:
             if path.is_file():
                 return path, None
-        raise FileNotFoundError(f"{folder}: no fastai adult.csv (looked for {', '.join(map(str, candidates))})")
+        raise MissingInput(f"{folder}: no fastai adult.csv (looked for {', '.join(map(str, candidates))})")
     if source == "uci":
         train = folder / "adult.data"
         if not train.is_file():
-            raise FileNotFoundError(f"{folder}: no UCI adult.data")
+            raise MissingInput(f"{folder}: no UCI adult.data")
         test = folder / "adult.test"
         return train, test if test.is_file() else None
-    raise ValueError(f"unknown Adult source {source!r}; use 'fastai_sample' or 'uci'")
+    raise InputError(f"unknown Adult source {source!r}; use 'fastai_sample' or 'uci'")
 
 
 def load_adult(

@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import tensorflow_datasets as tfds
+from jaxfast.errors import MissingInput
 from etils import epath
 
 KAGGLE_URL = "https://www.kaggle.com/c/rossmann-store-sales/data"
@@ -74,7 +75,7 @@ def read_tables(folder, names) -> dict[str, pd.DataFrame]:
     folder = epath.Path(folder)
     missing = [f"{n}.csv" for n in names if not (folder / f"{n}.csv").exists()]
     if missing:
-        raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}.\n{MANUAL_INSTRUCTIONS}")
+        raise MissingInput(f"{folder}: missing {', '.join(missing)}.\n{MANUAL_INSTRUCTIONS}")
     tables = {}
     for name in [*names, "test"]:
         path = folder / f"{name}.csv"

@@ -17,6 +17,7 @@ import pandas as pd
 
 from jaxfast.data.loader import ArrayLoader, DataBunch
 from jaxfast.tabular.procs import TabularProcessor, category_key, numeric_column
+from jaxfast.errors import InputError
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class TabularTarget:
 
     def __post_init__(self):
         if self.kind not in ("classification", "regression"):
-            raise ValueError(f"TabularTarget: kind must be 'classification' or 'regression', got {self.kind!r}")
+            raise InputError(f"TabularTarget: kind must be 'classification' or 'regression', got {self.kind!r}")
 
     @property
     def loss(self) -> str:
@@ -44,35 +45,35 @@ class TabularTarget:
     def fit(self, df: pd.DataFrame) -> TabularTarget:
         """Learn the classes of the training frame (classification only)."""
         if self.name not in df.columns:
-            raise ValueError(f"target column {self.name!r} is missing from the training frame (it has {list(df.columns)})")
+            raise InputError(f"target column {self.name!r} is missing from the training frame (it has {list(df.columns)})")
         if self.kind == "classification":
             keys = [category_key(v) for v in pd.unique(df[self.name])]
             if None in keys:
                 rows = list(df.index[df[self.name].isna()][:5])
-                raise ValueError(f"target column {self.name!r} has missing values (rows {rows})")
+                raise InputError(f"target column {self.name!r} has missing values (rows {rows})")
             self.classes = sorted(keys)
             if len(self.classes) < 2:
-                raise ValueError(f"target column {self.name!r} has only the classes {self.classes}; need at least 2")
+                raise InputError(f"target column {self.name!r} has only the classes {self.classes}; need at least 2")
         return self
 
     def encode(self, df: pd.DataFrame, where: str = "frame") -> np.ndarray:
         """int32 class indices or float32 (log) values; bad rows raise ValueError naming them."""
         if self.name not in df.columns:
-            raise ValueError(f"{where}: target column {self.name!r} is missing (it has {list(df.columns)})")
+            raise InputError(f"{where}: target column {self.name!r} is missing (it has {list(df.columns)})")
         if self.kind == "classification":
             index = {c: i for i, c in enumerate(self.classes)}
             keys = [category_key(v) for v in df[self.name]]
             bad = [(label, k) for label, k in zip(df.index, keys) if k not in index]
             if bad:
                 shown = ", ".join(f"row {label}: {k!r}" for label, k in bad[:5])
-                raise ValueError(f"{where}: target {self.name!r} has values outside the training classes "
+                raise InputError(f"{where}: target {self.name!r} has values outside the training classes "
                                  f"{self.classes} ({shown}; {len(bad)} rows)")
             return np.array([index[k] for k in keys], np.int32)
         values = numeric_column(df, self.name, where)
         bad = values.isna() | (values <= 0 if self.log else False)
         if bad.any():
             need = "positive numbers (log target)" if self.log else "numbers"
-            raise ValueError(f"{where}: target {self.name!r} must hold {need}; rows {list(df.index[bad][:5])} do not")
+            raise InputError(f"{where}: target {self.name!r} must hold {need}; rows {list(df.index[bad][:5])} do not")
         return (np.log(values) if self.log else values).to_numpy(np.float32)
 
     def decode(self, outputs: np.ndarray) -> pd.DataFrame:
@@ -97,10 +98,10 @@ class TabularTarget:
 def split_random(df: pd.DataFrame, valid_pct: float, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A random (seeded) `valid_pct` share of the rows for validation, the rest for training."""
     if not 0 < valid_pct < 1:
-        raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+        raise InputError(f"valid_pct must be in (0, 1), got {valid_pct}")
     n_valid = round(valid_pct * len(df))
     if n_valid < 1 or n_valid >= len(df):
-        raise ValueError(f"valid_pct {valid_pct} of {len(df)} rows leaves an empty split")
+        raise InputError(f"valid_pct {valid_pct} of {len(df)} rows leaves an empty split")
     order = np.random.default_rng(seed).permutation(len(df))
     valid = np.zeros(len(df), bool)
     valid[order[:n_valid]] = True
@@ -177,7 +178,7 @@ def read_rows_csv(path: str | Path, processor: TabularProcessor,
         header = [h.strip() for h in next(reader, [])]
         absent = [c for c in required if c not in header]
         if absent:
-            raise ValueError(f"{path}: column(s) {absent} missing from the header, which has {header}")
+            raise InputError(f"{path}: column(s) {absent} missing from the header, which has {header}")
         rows, labels, problems = [], [], []
         for number, fields in enumerate(reader, start=1):
             if not fields:

@@ -14,6 +14,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
+from jaxfast.errors import InputError
 
 NA_CATEGORY = "#na#"
 RESERVED_CODE = 0  # Categorify's index for missing and unseen categories
@@ -30,7 +31,7 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], who: str) -> None:
     """Raise ValueError naming the columns of `columns` that `df` lacks."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{who}: column(s) {missing} missing from the frame (it has {list(df.columns)})")
+        raise InputError(f"{who}: column(s) {missing} missing from the frame (it has {list(df.columns)})")
 
 
 def numeric_column(df: pd.DataFrame, name: str, who: str) -> pd.Series:
@@ -42,7 +43,7 @@ def numeric_column(df: pd.DataFrame, name: str, who: str) -> pd.Series:
     bad = values.isna() & column.notna() & (column.astype(str).str.strip() != "")
     if bad.any():
         examples = ", ".join(f"row {i}: {column[i]!r}" for i in column.index[bad][:5])
-        raise ValueError(f"{who}: column {name!r} has non-numeric values ({examples})")
+        raise InputError(f"{who}: column {name!r} has non-numeric values ({examples})")
     return values
 
 
@@ -86,7 +87,7 @@ class Proc:
         target = PROCS.get(name) if cls is Proc else cls
         if target is None or name != target.__name__:
             expected = list(PROCS) if cls is Proc else cls.__name__
-            raise ValueError(f"tabular proc JSON names {name!r}; expected {expected}")
+            raise InputError(f"tabular proc JSON names {name!r}; expected {expected}")
         return target(**data)
 
 
@@ -131,7 +132,7 @@ class AddDatepart(Proc):
         bad = parsed.isna() & column.notna() & (column.astype(str).str.strip() != "")
         if bad.any():
             examples = ", ".join(f"row {i}: {column[i]!r}" for i in column.index[bad][:5])
-            raise ValueError(f"AddDatepart: column {self.field!r} has values that are not dates ({examples})")
+            raise InputError(f"AddDatepart: column {self.field!r} has values that are not dates ({examples})")
         return parsed
 
     def apply(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +180,7 @@ class FillMissing(Proc):
         for name in self.columns:
             values = numeric_column(df, name, "FillMissing")
             if values.notna().sum() == 0:
-                raise ValueError(f"FillMissing: column {name!r} has no values in the training frame ({len(df)} rows)")
+                raise InputError(f"FillMissing: column {name!r} has no values in the training frame ({len(df)} rows)")
             self.medians[name] = float(values.median())
             if values.isna().any():
                 self.na_columns.append(name)
@@ -259,7 +260,7 @@ class Normalize(Proc):
             values = numeric_column(df, name, "Normalize")
             if values.isna().any():
                 rows = _rows(df.index[values.isna()])
-                raise ValueError(f"Normalize: column {name!r} has missing values at rows {rows}; "
+                raise InputError(f"Normalize: column {name!r} has missing values at rows {rows}; "
                                  "put FillMissing before Normalize")
             std = float(values.std())
             self.means[name] = float(values.mean())
@@ -300,13 +301,13 @@ class TabularProcessor:
         self.procs, self.date_fields = list(self.procs), list(self.date_fields)
         unknown = [p for p in self.procs if p not in PROCS or p == "AddDatepart"]
         if unknown:
-            raise ValueError(f"TabularProcessor: unknown procs {unknown}; use FillMissing, Categorify, Normalize "
+            raise InputError(f"TabularProcessor: unknown procs {unknown}; use FillMissing, Categorify, Normalize "
                              "(dates go in date_fields)")
         overlap = set(self.cat_names) & set(self.cont_names)
         if overlap:
-            raise ValueError(f"TabularProcessor: columns {sorted(overlap)} are both categorical and continuous")
+            raise InputError(f"TabularProcessor: columns {sorted(overlap)} are both categorical and continuous")
         if self.cat_names and "Categorify" not in self.procs:
-            raise ValueError("TabularProcessor: categorical inputs need the Categorify proc")
+            raise InputError("TabularProcessor: categorical inputs need the Categorify proc")
 
     @property
     def fitted(self) -> bool:
@@ -331,7 +332,7 @@ class TabularProcessor:
     def fit(self, df: pd.DataFrame) -> TabularProcessor:
         """Fit every step on the training frame `df`, in order."""
         if len(df) == 0:
-            raise ValueError("TabularProcessor.fit: the training frame is empty")
+            raise InputError("TabularProcessor.fit: the training frame is empty")
         self.steps = []
         frame = df
         for field in self.date_fields:
@@ -355,7 +356,7 @@ class TabularProcessor:
     def transform(self, df: pd.DataFrame) -> pd.DataFrame:
         """Apply the fitted steps to `df` (any split, or inference rows)."""
         if not self.fitted:
-            raise ValueError("TabularProcessor: call fit on the training frame before transform")
+            raise InputError("TabularProcessor: call fit on the training frame before transform")
         frame = df
         for step in self.steps:
             frame = step.apply(frame)
@@ -378,13 +379,13 @@ class TabularProcessor:
         x_cat = np.zeros((len(frame), len(cats)), np.int32)
         for j, name in enumerate(cats):
             if not pd.api.types.is_integer_dtype(frame[name]):
-                raise ValueError(f"TabularProcessor: categorical column {name!r} is not integer codes after the procs")
+                raise InputError(f"TabularProcessor: categorical column {name!r} is not integer codes after the procs")
             x_cat[:, j] = frame[name].to_numpy()
         x_cont = np.zeros((len(frame), len(self.cont_names)), np.float32)
         for j, name in enumerate(self.cont_names):
             values = numeric_column(frame, name, "TabularProcessor")
             if values.isna().any():
-                raise ValueError(f"TabularProcessor: continuous column {name!r} still has missing values at rows "
+                raise InputError(f"TabularProcessor: continuous column {name!r} still has missing values at rows "
                                  f"{_rows(frame.index[values.isna()])} (no FillMissing proc?)")
             x_cont[:, j] = values.to_numpy()
         return x_cat, x_cont

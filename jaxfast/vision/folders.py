@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxfast.vision.transforms import decode_image
+from jaxfast.errors import InputError, MissingInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 VALID_NAMES = ("valid", "val")
@@ -81,14 +82,14 @@ def _read_csv(root: Path, csv_path: Path, fn_col: str | int, label_col: str | in
     with open(csv_path, newline="") as f:
         rows = list(csv_module.reader(f))
     if not rows:
-        raise ValueError(f"{csv_path}: empty CSV (expected a header row, then file name and label columns)")
+        raise InputError(f"{csv_path}: empty CSV (expected a header row, then file name and label columns)")
     header = rows[0]
 
     def column(col) -> int:
         if isinstance(col, int):
             return col
         if col not in header:
-            raise ValueError(f"{csv_path}: no column {col!r} in header {header}")
+            raise InputError(f"{csv_path}: no column {col!r} in header {header}")
         return header.index(col)
 
     fn_i, label_i = column(fn_col), column(label_col)
@@ -96,7 +97,7 @@ def _read_csv(root: Path, csv_path: Path, fn_col: str | int, label_col: str | in
     out = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) <= max(fn_i, label_i, valid_i or 0):
-            raise ValueError(f"{csv_path}:{line}: expected at least {max(fn_i, label_i) + 1} columns, got {row}")
+            raise InputError(f"{csv_path}:{line}: expected at least {max(fn_i, label_i) + 1} columns, got {row}")
         is_valid = None if valid_i is None else row[valid_i].strip().lower() in ("1", "true", "yes")
         out.append((str(root / row[fn_i].strip()), row[label_i].strip(), is_valid))
     return out
@@ -105,7 +106,7 @@ def _read_csv(root: Path, csv_path: Path, fn_col: str | int, label_col: str | in
 def random_split(n: int, valid_pct: float, seed: int) -> np.ndarray:
     """Boolean mask of the validation rows: int(valid_pct * n) rows drawn with `seed`."""
     if not 0.0 < valid_pct < 1.0:
-        raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+        raise InputError(f"valid_pct must be in (0, 1), got {valid_pct}")
     is_valid = np.zeros(n, bool)
     is_valid[np.random.default_rng(seed).permutation(n)[: int(valid_pct * n)]] = True
     return is_valid
@@ -176,7 +177,7 @@ def find_images(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise MissingInput(f"image folder {root} does not exist")
     rejected: list[tuple[str, str]] = []
     test_items: list[tuple[str, str]] | None = None
     notes = []
@@ -187,7 +188,7 @@ def find_images(
         fixed_valid = None if flags and flags[0] is None else np.array(flags, bool)
         layout = f"CSV {csv}" + ("" if fixed_valid is None else f", column {valid_col!r}")
         if fixed_valid is not None and valid_pct is not None:
-            raise ValueError(f"valid_pct={valid_pct} given but {csv} has a {valid_col!r} column: pass one")
+            raise InputError(f"valid_pct={valid_pct} given but {csv} has a {valid_col!r} column: pass one")
         for path, _ in items:
             if not Path(path).is_file():
                 rejected.append((path, f"listed in {csv} but missing"))
@@ -207,7 +208,7 @@ def find_images(
         fixed_valid = None
         if valid_dir is not None:
             if valid_pct is not None:
-                raise ValueError(f"valid_pct={valid_pct} given but {valid_dir} exists: pass one or the other")
+                raise InputError(f"valid_pct={valid_pct} given but {valid_dir} exists: pass one or the other")
             valid_items, more = _class_folders(valid_dir)
             rejected += more
             fixed_valid = np.array([False] * len(items) + [True] * len(valid_items))
@@ -224,7 +225,7 @@ def find_images(
         items, rejected = _class_folders(root)
         fixed_valid, layout = None, "<class>/ folders"
     if not items:
-        raise FileNotFoundError(f"no images found under {root} (layout: {layout})")
+        raise MissingInput(f"no images found under {root} (layout: {layout})")
 
     return _build(root, items, fixed_valid, test_items, rejected, valid_pct, seed, verify, layout, notes)
 
@@ -247,13 +248,13 @@ def _build(root, items, fixed_valid, test_items, rejected, valid_pct, seed, veri
     valid_items = [it for it, v, k in zip(items, fixed_valid, keep) if k and v]
     classes = tuple(sorted({label for _, label in train_items}))
     if not train_items:
-        raise ValueError(f"{root}: no usable training images (layout: {layout})")
+        raise InputError(f"{root}: no usable training images (layout: {layout})")
 
     def split(part, name) -> ImageSplit:
         index = {c: i for i, c in enumerate(classes)}
         unknown = sorted({label for _, label in part if label not in index})
         if unknown:
-            raise ValueError(f"{root}: {name} labels {unknown} do not occur in the training images")
+            raise InputError(f"{root}: {name} labels {unknown} do not occur in the training images")
         return ImageSplit(
             np.array([p for p, _ in part], dtype=str),
             np.array([index[label] for _, label in part], dtype=np.int32),

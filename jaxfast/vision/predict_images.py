@@ -23,6 +23,7 @@ from jaxfast.export import ExportedModel, load_export
 from jaxfast.vision import transforms as T
 from jaxfast.vision.folders import IMAGE_EXTENSIONS, is_image_name
 from jaxfast.vision.tta import tta_predict
+from jaxfast.errors import InputError
 
 KIND = "image_classifier"
 COLUMNS = ("path", "prediction", "probability", "error")
@@ -41,9 +42,9 @@ class ImagePrediction:
 def image_export_meta(classes, size, stats, resize_method: str = "crop") -> dict:
     """What prediction needs besides the weights: classes, input (h, w), (mean, std) or None."""
     if stats is not None and (len(stats) != 2 or len(stats[0]) != 3 or len(stats[1]) != 3):
-        raise ValueError(f"stats must be None or (mean[3], std[3]), got {stats!r}")
+        raise InputError(f"stats must be None or (mean[3], std[3]), got {stats!r}")
     if resize_method not in T.RESIZE_METHODS:
-        raise ValueError(f"resize_method must be one of {T.RESIZE_METHODS}, got {resize_method!r}")
+        raise InputError(f"resize_method must be one of {T.RESIZE_METHODS}, got {resize_method!r}")
     return {
         "kind": KIND, "classes": [str(c) for c in classes], "input_size": list(T.as_hw(size)),
         "stats": None if stats is None else [[float(v) for v in stats[0]], [float(v) for v in stats[1]]],
@@ -56,7 +57,7 @@ def export_image_classifier(learn, path, arch: str, arch_config: dict, loader=No
     ImageLoader (default: the learner's validation loader)."""
     loader = loader if loader is not None else learn.data.valid
     if loader is None:
-        raise ValueError("export_image_classifier: no loader given and the data has no validation split")
+        raise InputError("export_image_classifier: no loader given and the data has no validation split")
     meta = image_export_meta(loader.classes, loader.size, loader.stats, loader.resize_method)
     return learn.export(path, arch, arch_config, meta)
 
@@ -79,7 +80,7 @@ def expand_inputs(inputs) -> list[str]:
 def load_image(path: str, meta: dict) -> np.ndarray:
     """float32 [h, w, 3] input of the export's model for one file (raises on a bad file)."""
     if Path(path).is_dir():
-        raise ValueError(f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise InputError(f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     image = T.decode_image(tf.io.read_file(path))
     image = T.eval_transform(image, meta["input_size"], meta.get("resize_method", "crop"))
     if meta.get("stats") is not None:
@@ -101,7 +102,7 @@ def predict_images(export, inputs, *, tta: bool = False, beta: float = 0.4,
     exported = export if isinstance(export, ExportedModel) else load_export(export)
     meta = exported.meta
     if meta.get("kind") != KIND:
-        raise ValueError(f"export of kind {meta.get('kind')!r} is not an {KIND!r}")
+        raise InputError(f"export of kind {meta.get('kind')!r} is not an {KIND!r}")
     classes = meta["classes"]
     paths = expand_inputs(inputs)
     images, errors = {}, {}
