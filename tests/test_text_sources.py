@@ -10,7 +10,7 @@ from conftest import shared_dataset
 from jaxfast.data import download
 from jaxfast.data.download import DatasetUnavailable
 from jaxfast.errors import InputError
-from jaxfast.text.databunch import clas_databunch, lm_databunch, tokenize_source
+from jaxfast.text.databunch import TokenizedText, clas_databunch, lm_databunch, tokenize_source
 from jaxfast.text.sources import load_imdb_tfds, load_text_source, read_imdb_folder, read_texts_csv
 from jaxfast.text.tokenize import Tokenizer
 
@@ -106,7 +106,7 @@ def test_tfds_offline_fails_fast_naming_data_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_imdb_sample_databunches():
+def test_imdb_sample_databunches(tmp_path):
     """fastai's IMDB_SAMPLE: 800/200 reviews -> LM and classifier batches with one vocab."""
     source = load_text_source(shared_dataset("imdb_sample"))
     assert [len(p) for p in source.splits.values()] == [800, 200]
@@ -115,6 +115,7 @@ def test_imdb_sample_databunches():
     text = tokenize_source(source, Tokenizer(n_workers=1))
     first = text.tokens["train"][0]
     assert first[:8] == ["xxbos", "xxmaj", "un", "-", "bleeping", "-", "believable", "!"]
+    assert TokenizedText.load(text.save(tmp_path / "tokens.npz")).tokens == text.tokens
     data_lm = lm_databunch(text, batch_size=32, bptt=70, seed=0)
     vocab = data_lm.vocab
     assert vocab.itos[:2] == ["xxunk", "xxpad"] and len(vocab) % 8 == 0 and 5000 < len(vocab) < 60000
@@ -130,3 +131,16 @@ def test_imdb_sample_databunches():
     assert len(widths) <= 10 and widths <= set(data_clas.train.buckets.tolist())
     labels = np.concatenate([b["targets"][b["mask"] > 0] for b in data_clas.valid.batches(0)])
     assert np.bincount(labels).tolist() == [107, 93]
+
+
+def test_token_cache_round_trip(tmp_path):
+    text = TokenizedText({"train": [["xxbos", "a", "b"], ["xxbos", "café"]], "unsup": [["xxbos", "a"]]},
+                         {"train": np.array([1, 0], np.int32), "unsup": None}, ("neg", "pos"), "regex (test)")
+    loaded = TokenizedText.load(text.save(tmp_path / "tokens.npz"))
+    assert loaded.tokens == text.tokens and loaded.classes == text.classes and loaded.backend == text.backend
+    assert loaded.labels["train"].tolist() == [1, 0] and loaded.labels["unsup"] is None
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="junk.npz is unreadable"):
+        TokenizedText.load(tmp_path / "junk.npz")
+    with pytest.raises(InputError, match="nothing.npz does not exist"):
+        TokenizedText.load(tmp_path / "nothing.npz")

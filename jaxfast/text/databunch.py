@@ -1,7 +1,7 @@
 """Language-model and classifier DataBunches from a TextSource, as in fastai's lessons 3-4.
 
     source = load_text_source(data_dir)                    # texts.csv, aclImdb/ or tfds
-    tokens = tokenize_source(source, Tokenizer())          # once, in processes
+    tokens = tokenize_source(source, Tokenizer())          # once, in processes (.save/.load cache)
     data_lm = lm_databunch(tokens, batch_size=64)          # every split's text, 10% held out
     data_clas = clas_databunch(tokens, data_lm.vocab)      # same vocab as the language model
 
@@ -15,6 +15,8 @@ builds the vocab from its training part; the classifier reuses that vocab, train
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -47,6 +49,49 @@ class TokenizedText:
     def describe(self) -> str:
         sizes = ", ".join(f"{k} {len(v)} docs / {sum(map(len, v))} tokens" for k, v in self.tokens.items())
         return f"tokenized with {self.backend}: {sizes}"
+
+    def save(self, path: str | Path) -> Path:
+        """Cache the tokens (tokenising all of IMDB takes minutes) as one .npz: int32 ids into a
+        table of every distinct token, document lengths, labels, and JSON metadata (no pickle)."""
+        table: dict[str, int] = {}
+        arrays = {}
+        for name, docs in self.tokens.items():
+            ids = [table.setdefault(t, len(table)) for d in docs for t in d]
+            arrays[f"ids/{name}"] = np.asarray(ids, np.int32)
+            arrays[f"lengths/{name}"] = np.asarray([len(d) for d in docs], np.int64)
+            if self.labels.get(name) is not None:
+                arrays[f"labels/{name}"] = np.asarray(self.labels[name], np.int32)
+        meta = {"format": "jaxfast-tokens", "splits": list(self.tokens), "classes": list(self.classes),
+                "backend": self.backend, "table": list(table)}
+        arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), np.uint8)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenizedText":
+        """Read a cache written by `save`; errors name the file."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+                if meta.get("format") != "jaxfast-tokens":
+                    raise InputError(f"{path} is not a jaxfast token cache")
+                table = np.array(meta["table"], dtype=object)
+                tokens, labels = {}, {}
+                for name in meta["splits"]:
+                    words = table[data[f"ids/{name}"]].tolist()
+                    ends = np.cumsum(data[f"lengths/{name}"])
+                    tokens[name] = [words[e - n : e] for e, n in zip(ends, data[f"lengths/{name}"])]
+                    labels[name] = data[f"labels/{name}"] if f"labels/{name}" in data else None
+        except FileNotFoundError:
+            raise InputError(f"token cache {path} does not exist") from None
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"token cache {path} is unreadable ({err})") from None
+        return cls(tokens, labels, tuple(meta["classes"]), meta["backend"])
 
 
 def tokenize_source(source: TextSource, tokenizer: Tokenizer | None = None, mark_fields: bool | None = None) -> TokenizedText:
