@@ -195,6 +195,13 @@ def test_wrong_checksum_keeps_nothing(tmp_path, server):
     assert files_under(cache) == [] and server.gets() == 1
 
 
+def test_http_error_keeps_nothing(tmp_path, server):
+    table = {"r20": PretrainedWeights("cifar_resnet20", server.url("models/gone.safetensors"), None, "test")}
+    with pytest.raises(WeightsDownloadError, match=r"download of .*/models/gone.safetensors failed .*404"):
+        resolve_pretrained("r20", "cifar_resnet20", cache=tmp_path, table=table)
+    assert files_under(tmp_path) == []
+
+
 @pytest.mark.parametrize("published", [True, False], ids=["with_hash", "without_hash"])
 def test_interrupted_download_keeps_nothing(tmp_path, server, r20_file, published):
     server.truncate.add("models/r20.safetensors")
