@@ -44,15 +44,19 @@ def torch_vgg16_bn(torch, n_classes=10, hidden=64):
         def forward(self, x):
             return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
-    torch.manual_seed(0)
     model = TorchVGG()
-    with torch.no_grad():  # non-trivial eval-mode BN: random affine and running statistics
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(0)  # numpy draws: the same weights in every process
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if tensor.ndim > 1:  # conv / linear weights, He-scaled
+                value = rng.normal(0.0, np.sqrt(2.0 / np.prod(tensor.shape[1:])), tensor.shape)
+            elif name.endswith("running_var") or (name.endswith("weight") and name.startswith("features")):
+                value = rng.uniform(0.5, 1.5, tensor.shape)  # BN scale and variance
+            else:
+                value = rng.uniform(-0.2, 0.2, tensor.shape)  # biases, BN shift and mean
+            tensor.copy_(torch.from_numpy(value.astype(np.float32)))
     return model.eval()
 
 
