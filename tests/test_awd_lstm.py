@@ -31,32 +31,44 @@ def _torch_state(model) -> dict:
 # ----------------------------------------------------------------------------- LSTM with a state
 
 
-def test_lstm_from_state_gradients_match_autodiff():
-    """The hand-written backward (inputs, weights, initial state, final cell) equals autodiff."""
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_lstm_from_state_gradients_match_autodiff(with_lengths):
+    """The hand-written backward (inputs, weights, initial state, final state) equals autodiff;
+    with `lengths`, the final state is the one after each row's last real step (padding after)."""
     keys = jax.random.split(jax.random.key(0), 8)
     t, b, d, n = 6, 3, 5, 4
     args = (jax.random.normal(keys[0], (t, b, d)), jax.random.normal(keys[1], (b, n)), jax.random.normal(keys[2], (b, n)),
             jax.random.normal(keys[3], (d, 4 * n)) * 0.5, jax.random.normal(keys[4], (n, 4 * n)) * 0.5,
             jax.random.normal(keys[5], (4 * n,)) * 0.1)
     probe_h, probe_c = jax.random.normal(keys[6], (t, b, n)), jax.random.normal(keys[7], (b, n))
+    lengths = jnp.array([6, 2, 0]) if with_lengths else None
+    if with_lengths:  # outputs after a row's end are padding: compared and differentiated nowhere
+        probe_h = probe_h * (jnp.arange(t)[:, None] < lengths)[..., None]
 
     def reference(x, h0, c0, w_ih, w_hh, bias):
-        def step(carry, x_t):
+        """Plain scan; past a row's length the state is kept (h = m * h_new + (1 - m) * h)."""
+        real = jnp.ones((t, b, 1)) if lengths is None else (jnp.arange(t)[:, None] < lengths)[..., None]
+
+        def step(carry, inputs):
             h, c = carry
+            x_t, m = inputs
             z = x_t @ w_ih + h @ w_hh + bias
             i, f, g, o = jnp.split(z, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (h, c), h
-        (h, c), hs = jax.lax.scan(step, (h0, c0), x)
+            c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+            return (m * h_new + (1 - m) * h, m * c_new + (1 - m) * c), h_new
+        (h, c), hs = jax.lax.scan(step, (h0, c0), (x, real))
         return hs, (h, c)
 
     def loss(fn, *a):
         hs, (h, c) = fn(*a)
-        return (hs * probe_h).sum() + (c * probe_c).sum() + (h * probe_c).sum()
+        return (hs * probe_h).sum() + (c * probe_c).sum() + (h * probe_c * 0.5).sum()
 
-    np.testing.assert_allclose(jax.jit(lstm_scan_from)(*args)[0], jax.jit(reference)(*args)[0], atol=1e-5)
-    ours = jax.jit(jax.grad(lambda *a: loss(lstm_scan_from, *a), argnums=range(6)))(*args)
+    ours_fn = lambda *a: lstm_scan_from(*a, lengths=lengths)
+    (hs, final), (ref_hs, ref_final) = jax.jit(ours_fn)(*args), jax.jit(reference)(*args)
+    np.testing.assert_allclose(hs * (probe_h != 0), ref_hs * (probe_h != 0), atol=1e-5)
+    np.testing.assert_allclose(final, ref_final, atol=1e-5)
+    ours = jax.jit(jax.grad(lambda *a: loss(ours_fn, *a), argnums=range(6)))(*args)
     theirs = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=range(6)))(*args)
     for got, want in zip(ours, theirs):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
@@ -98,6 +110,37 @@ def test_language_model_matches_torch_with_carried_state():
 
 
 # a short last chunk; whole chunks only; every chunk kept; fastai's strict i > sl - max_len drops the chunk at 4
+def test_padded_lm_batch_carries_the_state_after_the_last_real_token():
+    """Rows padded at the end (jaxfast's LMLoader, token_mask) carry on as if the row had
+    stopped at its last real token: checked against PyTorch fed each row's real tokens only."""
+    torch = pytest.importorskip("torch", reason="the PyTorch reference AWD-LSTM needs torch")
+    from torch_awd_lstm import language_model
+
+    torch.manual_seed(2)
+    reference = language_model(VOCAB, **TINY).eval()
+    model = awd_lstm_lm(VOCAB, **TINY)
+    params = lm_params_from_fastai(_torch_state(reference))
+    rng = np.random.default_rng(1)
+    first, second = rng.integers(2, VOCAB, (3, 8)), rng.integers(2, VOCAB, (3, 5))
+    lengths = np.array([8, 3, 0])
+    token_mask = np.arange(8)[None, :] < lengths[:, None]
+    first = np.where(token_mask, first, 1)
+    apply = jax.jit(lambda v, x, m: model.apply(v, x, token_mask=m, mutable=["carry"]))
+    got_first, carry = apply({"params": params}, jnp.asarray(first), jnp.asarray(token_mask))
+    got_second, _ = apply({"params": params, **carry}, jnp.asarray(second), jnp.ones((3, 5), bool))
+    with torch.no_grad():
+        for row in range(3):
+            reference[0].bs = 0  # a new batch size: fastai's reset
+            if lengths[row]:
+                want = reference(torch.as_tensor(first[row:row + 1, :lengths[row]]))[0].numpy()[0]
+                np.testing.assert_allclose(got_first[row, :lengths[row]], want, atol=1e-5)
+            else:
+                reference[0].bs = 1
+                reference[0].reset()
+            want = reference(torch.as_tensor(second[row:row + 1]))[0].numpy()[0]
+            np.testing.assert_allclose(got_second[row], want, atol=1e-5, err_msg=f"row {row}")
+
+
 @pytest.mark.parametrize("seq_len", [13, 12, 6, 11])
 def test_classifier_matches_torch(seq_len):
     torch = pytest.importorskip("torch", reason="the PyTorch reference AWD-LSTM needs torch")

@@ -15,8 +15,10 @@ As fastai/text/models/awd_lstm.py and fastai/text/learner.py (1.0.5x-1.0.61) bui
   on a new bs, and for the rows where `reset` is true), detached with stop_gradient as
   fastai's `to_detach`, and written back when "carry" is mutable:
   `logits, upd = model.apply({'params': p, 'carry': c}, x, reset=r, mutable=['carry'])`.
-  fastai's LM batches are one continuous stream per row, with no padding inside rows, so the
-  carry is the state after each row's last token.
+  fastai's LM batches are one continuous stream per row; jaxfast's LMLoader pads a batch's
+  rows at their END to one fixed length (`token_mask` [B, T], 1 = real): given it, the carry
+  is each row's state after its last real token (unchanged for a row with none), so the pad
+  tokens never reach the next batch; their logits are computed and must be masked in the loss.
 * `AWDLSTMClassifier`: MultiBatchEncoder (the encoder over the document in `bptt` chunks,
   the carry threaded through and detached between chunks, a fresh dropout draw per chunk;
   only the chunks starting after `T - max_len` are kept, fastai's strict `i > sl - max_len`),
@@ -85,14 +87,14 @@ class WeightDroppedLSTM(nn.Module):
     weight_p: float = 0.0
 
     @nn.compact
-    def __call__(self, x, h0, c0, train: bool = False):
+    def __call__(self, x, h0, c0, train: bool = False, lengths=None):
         n = self.features
         w_ih = self.param("kernel_ih", uniform(n ** -0.5), (x.shape[-1], 4 * n))
         w_hh = self.param("kernel_hh", uniform(n ** -0.5), (n, 4 * n))
         bias = self.param("bias", torch_lstm_bias(n), (4 * n,))
         if train and self.weight_p > 0.0:
             w_hh = w_hh * dropout_mask(self.make_rng("dropout"), self.weight_p, w_hh.shape, w_hh.dtype)
-        hs, (h, c) = lstm_scan_from(x.swapaxes(0, 1), h0, c0, w_ih, w_hh, bias)
+        hs, (h, c) = lstm_scan_from(x.swapaxes(0, 1), h0, c0, w_ih, w_hh, bias, lengths)
         return hs.swapaxes(0, 1), (h, c)
 
 
@@ -137,12 +139,14 @@ class AWDLSTMEncoder(nn.Module):
         rows = jnp.where((tokens == self.pad_token)[..., None], jax.lax.stop_gradient(rows), rows)
         return locked_dropout(self, rows, self.input_p, train)
 
-    def __call__(self, tokens: jax.Array, carry: Carry, train: bool = False) -> tuple[jax.Array, Carry]:
+    def __call__(self, tokens: jax.Array, carry: Carry, train: bool = False, lengths=None) -> tuple[jax.Array, Carry]:
+        """`lengths` [B]: real tokens per row when padding follows them (the new carry is the
+        state after the last real token); None: every token is real."""
         x = self.embed(tokens, train)
         new_carry = []
         for layer, rnn in enumerate(self.rnns):
             h0, c0 = carry[layer]
-            x, state = rnn(x, h0, c0, train)
+            x, state = rnn(x, h0, c0, train, lengths)
             new_carry.append(state)
             if layer != self.n_layers - 1:
                 x = locked_dropout(self, x, self.hidden_p, train)
@@ -196,9 +200,10 @@ class AWDLSTMLanguageModel(nn.Module):
             carry.append((jnp.where(reset, 0.0, h), jnp.where(reset, 0.0, c)))
         return tuple(carry)
 
-    def __call__(self, tokens: jax.Array, train: bool = False, reset=None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, train: bool = False, reset=None, token_mask=None) -> jax.Array:
         carry = self.read_carry(tokens.shape[0], reset)
-        hidden, new_carry = self.encoder(tokens, carry, train)
+        lengths = None if token_mask is None else jnp.asarray(token_mask).astype(jnp.int32).sum(axis=1)
+        hidden, new_carry = self.encoder(tokens, carry, train, lengths)
         if self.is_mutable_collection("carry"):
             if self.is_initializing():  # `init` returns the zero state, not the state after its dummy batch
                 new_carry = self.encoder.zero_carry(tokens.shape[0])
