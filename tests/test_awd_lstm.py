@@ -13,7 +13,7 @@ from flax import linen as nn
 from jaxfast.errors import InputError
 from jaxfast.models.awd_lstm import (
     AWDLSTMEncoder, WeightDroppedLSTM, awd_lstm_clas, awd_lstm_lm, clas_layer_groups, kept_chunks, lm_layer_groups,
-    locked_dropout)
+    locked_dropout, with_encoder)
 from jaxfast.models.lstm_state import lstm_scan_from
 from jaxfast.models.registry import build_model
 from jaxfast.text.wt103 import encoder_params_from_fastai, lm_params_from_fastai
@@ -286,6 +286,18 @@ def test_layer_groups_are_fastais_splits():
     assert _group_members(clas_layer_groups(clas), params) == {
         "embedding": {"encoder/embedding"}, "rnn_0": {"encoder/rnns_0"}, "rnn_1": {"encoder/rnns_1"},
         "rnn_2": {"encoder/rnns_2"}, "head": {"head/bn_0", "head/bn_1", "head/linear_0", "head/linear_1"}}
+
+
+def test_with_encoder_moves_the_language_models_encoder_into_the_classifier():
+    lm, clas = awd_lstm_lm(VOCAB, **TINY), awd_lstm_clas(VOCAB, 2, bptt=4, **TINY)
+    lm_params = jax.jit(lm.init)(jax.random.key(0), jnp.ones((1, 3), jnp.int32))["params"]
+    clas_params = jax.eval_shape(clas.init, jax.random.key(1), jnp.ones((1, 9), jnp.int32))["params"]
+    moved = with_encoder(clas_params, lm_params)
+    assert moved["encoder"] is lm_params["encoder"] and moved["head"] is clas_params["head"]
+    other = awd_lstm_clas(VOCAB + 1, 2, bptt=4, **TINY)
+    other_params = jax.eval_shape(other.init, jax.random.key(1), jnp.ones((1, 9), jnp.int32))["params"]
+    with pytest.raises(InputError, match=r"encoder\['embedding'\]\['embedding'\]: LM \(30, 6\), classifier \(31, 6\)"):
+        with_encoder(other_params, lm_params)
 
 
 # ----------------------------------------------------------------------------- it learns

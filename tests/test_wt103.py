@@ -121,7 +121,8 @@ def test_pretrained_lm_on_a_new_vocab_matches_torch(tmp_path):
                                  NEW_ITOS, pretrained=folder)
     wider = awd_lstm_lm(len(NEW_ITOS), emb_sz=6, n_hid=12, n_layers=3)
     wider_params = jax.eval_shape(wider.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
-    with pytest.raises(WeightMismatch, match=r"encoder/rnns_0/kernel_hh: pretrained shape \(10, 40\), model shape \(12, 48\)"):
+    mismatch = r"encoder/rnns_0/kernel_hh: pretrained shape \(10, 40\), model shape \(12, 48\)"
+    with pytest.raises(WeightMismatch, match=mismatch):
         wt103.load_pretrained_lm(wider_params, NEW_ITOS, pretrained=folder)
 
 
@@ -163,7 +164,8 @@ def served(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/wt103-fwd.tgz", wt103.fastai_file_check(root / "wt103-fwd.tgz"), payload, server
+        url = f"http://127.0.0.1:{server.server_address[1]}/wt103-fwd.tgz"
+        yield url, wt103.fastai_file_check(root / "wt103-fwd.tgz"), payload, server
     finally:
         server.shutdown()
         server.server_close()

@@ -36,6 +36,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfast.errors import InputError
 from jaxfast.layer_groups import LayerGroups
@@ -53,6 +54,7 @@ EMBED_INIT_RANGE = 0.1  # fastai's AWD_LSTM.initrange and LinearDecoder.initrang
 
 
 def uniform(limit: float):
+    """U(-limit, limit): fastai's embedding init (0.1) and PyTorch's LSTM init (1/sqrt(n))."""
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -limit, limit)
     return init
@@ -286,7 +288,8 @@ class AWDLSTMClassifier(nn.Module):
         if n_skipped:
             carry, _ = self._scan_chunks(encoder, carry, tokens[:, :n_skipped * self.bptt], train, keep=False)
         if n_full > n_skipped:
-            carry, out = self._scan_chunks(encoder, carry, tokens[:, n_skipped * self.bptt:n_full * self.bptt], train, keep=True)
+            kept_tokens = tokens[:, n_skipped * self.bptt:n_full * self.bptt]
+            carry, out = self._scan_chunks(encoder, carry, kept_tokens, train, keep=True)
             outputs.append(out)
         if n_full * self.bptt < seq_len:  # the shorter last chunk, run on its own (static shapes)
             out, _ = encoder(tokens[:, n_full * self.bptt:], jax.lax.stop_gradient(carry), train)
@@ -327,6 +330,18 @@ def clas_layer_groups(model: AWDLSTMClassifier) -> LayerGroups:
     """fastai's awd_lstm_clas_split: embedding, one group per LSTM, then the pooling head."""
     rnns = tuple((f"rnn_{l}", f"^encoder/rnns_{l}/") for l in range(model.n_layers))
     return LayerGroups((("embedding", "^encoder/embedding/"),) + rnns + (("head", "^head/"),))
+
+
+def with_encoder(clas_params: dict, lm_params: dict) -> dict:
+    """fastai's save_encoder + load_encoder: the classifier's params with the (fine-tuned)
+    language model's encoder in place of its own (same vocabulary and sizes, checked)."""
+    ours = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(clas_params["encoder"])}
+    theirs = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(lm_params["encoder"])}
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise InputError("the language model's encoder does not fit the classifier's: "
+                         + "; ".join(f"encoder{k}: LM {theirs.get(k)}, classifier {ours.get(k)}" for k in differ))
+    return {**clas_params, "encoder": lm_params["encoder"]}
 
 
 # ----------------------------------------------------------------------------- factories

@@ -100,7 +100,8 @@ def download_wt103(cache_dir: str | Path | None = None, url: str = WT103_FWD_URL
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as err:
-            raise PretrainedUnavailable(f"downloading {url} failed ({err}); pass a local copy with --pretrained PATH") from err
+            raise PretrainedUnavailable(
+                f"downloading {url} failed ({err}); pass a local copy with --pretrained PATH") from err
         got = fastai_file_check(archive)
         if got != tuple(check):
             raise PretrainedUnavailable(f"{url}: downloaded file has (size, md5 of first MiB) {got}, expected "
@@ -170,7 +171,8 @@ def _encoder_prefix(state) -> str:
     for prefix in ENCODER_PREFIXES:
         if f"{prefix}encoder.weight" in state:
             return prefix
-    raise WeightMismatch(f"no AWD-LSTM encoder in the state dict: none of {[p + 'encoder.weight' for p in ENCODER_PREFIXES]}")
+    expected = [prefix + "encoder.weight" for prefix in ENCODER_PREFIXES]
+    raise WeightMismatch(f"no AWD-LSTM encoder in the state dict: none of {expected}")
 
 
 def encoder_params_from_fastai(state: dict[str, np.ndarray]) -> dict:
