@@ -23,6 +23,7 @@ import tempfile
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -71,7 +72,7 @@ class VGG(nn.Module):
     include_top: bool = False
     hooked_layers: Sequence[int] = ()
     hidden: int = 4096  # torchvision: 4096 (smaller only to test the classifier cheaply)
-    top_names = ("classifier",)
+    top_names: ClassVar[tuple[str, ...]] = ("classifier",)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
