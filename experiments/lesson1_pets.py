@@ -5,9 +5,9 @@ size 224, bs 64, imagenet stats; fit_one_cycle(4) with the body frozen, unfreeze
 fit_one_cycle(2, slice(1e-6, 1e-4)); fastai reached error_rate 0.0622 (pretrained body).
 Data: tfds `oxford_iiit_pet` (its test split is evaluated too), or --data-dir with a
 prepared tfds dir or fastai's oxford-iiit-pet folder (images/<Breed>_<n>.jpg).
---pretrained loads an ImageNet body (torchvision .pth or .safetensors); without it the body
-is randomly initialised, and the run says so. The tiny variant trains on generated images.
-
+--pretrained loads an ImageNet body (a weights name or a torchvision .pth/.safetensors);
+without it the body is randomly initialised, and the run says so (the schedule stays the
+lesson's: head first, body frozen). The tiny variant trains on generated images.
 """
 
 from __future__ import annotations
@@ -16,27 +16,27 @@ import dataclasses
 from pathlib import Path
 
 from jaxfast import experiment
-from jaxfast.experiment import print_results
+from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import TrainConfig
-from jaxfast.vision.cnn_learner import cnn_arch_config, cnn_learner, interpret_to_pngs
+from jaxfast.vision import catalog_databunch, cnn_learner, get_transforms, interpret_to_pngs
 from jaxfast.vision.synthetic import PET_BREEDS, write_synthetic_pets
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 1: pet breeds with a cnn, frozen then unfrozen (fit_one_cycle)."""
+    """Lesson 1: pet breeds with a cnn, frozen then unfrozen (fit_one_cycle).
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, export/, metrics.json); default runs/lesson1_pets."""
-    data_dir: str | None = None
-    """A tfds data dir with oxford_iiit_pet prepared, or fastai's oxford-iiit-pet folder; without it, tfds."""
+    --data-dir: a tfds data dir with oxford_iiit_pet prepared, or fastai's oxford-iiit-pet folder; without it, tfds."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     tfds_data_dir: str | None = None
     """Where tfds keeps its datasets (when --data-dir is not given)."""
     synthetic: bool = False
     """Without --data-dir: train on generated images (workdir/synthetic_pets) instead of tfds."""
     arch: str = "resnet34"
     pretrained: str | None = None
-    """ImageNet weights of the body (torchvision .pth or .safetensors); absent: random init."""
+    """ImageNet weights of the body: a name (resnet34, ...) or a .pth/.safetensors file; absent: random init."""
     size: int = 224
     batch_size: int = 64
     valid_pct: float = 0.2
@@ -49,24 +49,16 @@ class Config:
     lr_unfrozen: tuple[float, float] = (1e-6, 1e-4)
     top_losses: int = 9
     most_confused_min: int = 2
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(synthetic=True, arch="simple_cnn", size=32, batch_size=8, epochs_frozen=1, epochs_unfrozen=1,
-              lr_unfrozen=(1e-4, 1e-3), top_losses=4, most_confused_min=1, progress=False)
+TINY = Config(train=TrainConfig(progress=False), synthetic=True, arch="simple_cnn", size=32, batch_size=8,
+              epochs_frozen=1, epochs_unfrozen=1, lr_unfrozen=(1e-4, 1e-3), top_losses=4, most_confused_min=1)
 
 
-# ---- the lesson --------------------------------------------------------------------------------
 def make_data(config: Config, workdir: Path):
-    from jaxfast.vision import (  # TensorFlow: only where images are read
-        catalog_databunch,
-        get_transforms,
-    )
-
-    data_dir = config.data_dir
+    data_dir = config.run.data_dir
     if data_dir is None and config.synthetic:
-        data_dir = write_synthetic_pets(workdir / "synthetic_pets", seed=config.seed)
+        data_dir = write_synthetic_pets(workdir / "synthetic_pets", seed=config.train.seed)
         print(f"synthetic pets: {len(PET_BREEDS)} generated breeds in {data_dir}")
     return catalog_databunch(
         "oxford_iiit_pet", data_dir=data_dir, tfds_data_dir=config.tfds_data_dir, valid_pct=config.valid_pct,
@@ -76,15 +68,14 @@ def make_data(config: Config, workdir: Path):
 
 
 def main(config: Config, workdir: Path) -> dict:
-    from jaxfast.vision.predict_images import export_image_classifier
-
     data = make_data(config, workdir)
     classes = data.train.classes
-    arch = cnn_arch_config(config.arch, len(classes))
-    train_config = TrainConfig(seed=config.seed, progress=config.progress)
-    learn = cnn_learner(data, arch, config.pretrained, ["error_rate", "accuracy"], train_config, workdir)
+    pretrained = config.pretrained or False
+    learn = cnn_learner(data, config.arch, pretrained, metrics=["error_rate", "accuracy"], config=config.train,
+                        workdir=workdir)
+    if not pretrained:
+        learn.freeze()  # the lesson's schedule either way: the head first
     print(f"== {config.arch}, {len(classes)} classes, size {config.size}: body frozen ({len(data.train)} steps/epoch)")
-    learn.freeze()
     learn.fit_one_cycle(config.epochs_frozen, slice(config.lr_frozen))
     print(f"== unfrozen, lr slice{config.lr_unfrozen}")
     learn.unfreeze()
@@ -92,7 +83,7 @@ def main(config: Config, workdir: Path) -> dict:
     results = learn.evaluate_all()
     print_results(results)
     interpret_to_pngs(learn, workdir, config.top_losses, config.most_confused_min)
-    path = export_image_classifier(learn, workdir / "export", "cnn", arch)
+    path = learn.export(workdir / "export")
     print(f"export: {path} (predict with: python -m jaxfast.predict {path} IMAGES...)")
     return results
 

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from jaxfast import experiment
-from jaxfast.experiment import print_results
+from jaxfast.errors import InputError
+from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import TrainConfig
-from jaxfast.vision import get_transforms, image_databunch
-from jaxfast.vision.cnn_learner import cnn_arch_config, cnn_learner, interpret_to_pngs
-from jaxfast.vision.predict_images import export_image_classifier
+from jaxfast.vision import cnn_learner, get_transforms, image_databunch, interpret_to_pngs
 from jaxfast.vision.synthetic import synthetic_image
 
 SYNTHETIC_CLASSES = ("black", "grizzly", "teddys")
@@ -31,12 +30,12 @@ SYNTHETIC_CLASSES = ("black", "grizzly", "teddys")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 2: your own image folders (or CSV), a cnn frozen then unfrozen, exported."""
+    """Lesson 2: your own image folders (or CSV), a cnn frozen then unfrozen, exported.
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, export/, metrics.json); default runs/lesson2_own_images."""
-    data_dir: str | None = None
-    """The image folder (see the module doc for its layouts)."""
+    --data-dir: the image folder: <class>/ folders, train/ + valid/ (+ test/) class folders, or --csv."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     csv: str | None = None
     """A CSV in --data-dir with file names (relative to it) and labels (fastai's from_csv)."""
     label_re: str | None = None
@@ -48,7 +47,7 @@ class Config:
     """Without --data-dir: generated images (workdir/synthetic_images) instead."""
     arch: str = "resnet34"
     pretrained: str | None = None
-    """ImageNet weights of the body (.pth or .safetensors); absent: random init."""
+    """ImageNet weights of the body: a name (resnet34, ...) or a .pth/.safetensors file; absent: random init."""
     size: int = 224
     batch_size: int = 64
     epochs_frozen: int = 4
@@ -59,12 +58,10 @@ class Config:
     epochs_unfrozen: int = 2
     lr_unfrozen: tuple[float, float] = (3e-5, 3e-4)
     top_losses: int = 9
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(synthetic=True, arch="simple_cnn", size=32, batch_size=8, epochs_frozen=1, lr_find_iters=8,
-              epochs_unfrozen=1, lr_unfrozen=(1e-4, 1e-3), top_losses=4, progress=False)
+TINY = Config(train=TrainConfig(progress=False), synthetic=True, arch="simple_cnn", size=32, batch_size=8,
+              epochs_frozen=1, lr_find_iters=8, epochs_unfrozen=1, lr_unfrozen=(1e-4, 1e-3), top_losses=4)
 
 
 def write_synthetic_images(folder: Path, per_class: int = 12, seed: int = 0) -> Path:
@@ -85,11 +82,11 @@ def write_synthetic_images(folder: Path, per_class: int = 12, seed: int = 0) -> 
 
 
 def make_data(config: Config, workdir: Path):
-    folder = config.data_dir
+    folder = config.run.data_dir
     if folder is None:
         if not config.synthetic:
-            raise ValueError("lesson2_own_images needs --data-dir (a folder of your images), or --synthetic")
-        folder = write_synthetic_images(workdir / "synthetic_images", seed=config.seed)
+            raise InputError("lesson2_own_images needs --data-dir (a folder of your images), or --synthetic")
+        folder = write_synthetic_images(workdir / "synthetic_images", seed=config.train.seed)
     return image_databunch(
         folder, csv=config.csv, label_re=config.label_re, valid_pct=config.valid_pct, seed=config.split_seed,
         verify=True, size=config.size, batch_size=config.batch_size, tfms=get_transforms(), stats="imagenet",
@@ -99,21 +96,22 @@ def make_data(config: Config, workdir: Path):
 def main(config: Config, workdir: Path) -> dict:
     data = make_data(config, workdir)
     classes = data.train.classes
-    arch = cnn_arch_config(config.arch, len(classes))
-    learn = cnn_learner(data, arch, config.pretrained, ["error_rate", "accuracy"],
-                        TrainConfig(seed=config.seed, progress=config.progress), workdir)
+    pretrained = config.pretrained or False
+    learn = cnn_learner(data, config.arch, pretrained, metrics=["error_rate", "accuracy"], config=config.train,
+                        workdir=workdir)
+    if not pretrained:
+        learn.freeze()  # the lesson's schedule either way: the head first
     print(f"== {config.arch}, classes {', '.join(classes)}: body frozen ({len(data.train)} steps/epoch)")
-    learn.freeze()
     learn.fit_one_cycle(config.epochs_frozen, slice(config.lr_frozen))
     learn.unfreeze()
-    if config.lr_find_iters and not learn.resuming:  # resuming past this point: the plot is there already
+    if config.lr_find_iters:  # a rerun replays the recorded result (and redraws lr_find.png)
         learn.lr_find(num_it=config.lr_find_iters)
     print(f"== unfrozen, lr slice{config.lr_unfrozen}")
     learn.fit_one_cycle(config.epochs_unfrozen, slice(*config.lr_unfrozen))
     results = learn.evaluate_all()
     print_results(results)
     interpret_to_pngs(learn, workdir, config.top_losses, 1)
-    path = export_image_classifier(learn, workdir / "export", "cnn", arch)
+    path = learn.export(workdir / "export")
     print(f"export: {path} (predict with: python -m jaxfast.predict {path} IMAGES...)")
     return results
 

@@ -20,36 +20,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfast import experiment
-from jaxfast.experiment import print_results
+from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.interpret import agg_pyplot, denormalize
 from jaxfast.learner import Learner, TrainConfig
 from jaxfast.vision import (
     ImageLoader,
     catalog_databunch,
+    cnn_learner,
     databunch_with_size,
     get_transforms,
+    interpret_to_pngs,
 )
-from jaxfast.vision.cnn_learner import cnn_arch_config, cnn_learner, interpret_to_pngs
 from jaxfast.vision.gradcam import grad_cam, plot_gradcam
-from jaxfast.vision.predict_images import export_image_classifier
+from jaxfast.vision.learner import image_meta
 from jaxfast.vision.synthetic import write_synthetic_pets
 from jaxfast.vision.tta import CORNERS, tta_get_preds, tta_views
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 6: pets with heavy augmentation, bn_final, 224 then 352, Grad-CAM and TTA."""
+    """Lesson 6: pets with heavy augmentation, bn_final, 224 then 352, Grad-CAM and TTA.
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, PNG figures, export/, metrics.json); default runs/lesson6_pets_more."""
-    data_dir: str | None = None
-    """A tfds data dir with oxford_iiit_pet prepared, or fastai's oxford-iiit-pet folder; without it, tfds."""
+    --data-dir: a tfds data dir with oxford_iiit_pet prepared, or fastai's oxford-iiit-pet folder; without it, tfds."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     tfds_data_dir: str | None = None
+    """Where tfds keeps its datasets (when --data-dir is not given)."""
     synthetic: bool = False
     """Without --data-dir: generated images (workdir/synthetic_pets) instead of tfds."""
     arch: str = "resnet34"
     pretrained: str | None = None
-    """ImageNet weights of the body (.pth or .safetensors); absent: random init."""
+    """ImageNet weights of the body: a name (resnet34, ...) or a .pth/.safetensors file; absent: random init."""
     size: int = 224
     size_large: int = 352
     """Progressive resizing: the last phase trains at this size."""
@@ -73,13 +75,11 @@ class Config:
     n_augmented: int = 8
     n_gradcam: int = 4
     top_losses: int = 9
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(synthetic=True, arch="simple_cnn", size=32, size_large=40, batch_size=8, epochs_frozen=1,
-              epochs_unfrozen=1, lr_unfrozen=(1e-4, 1e-3), epochs_large=1, lr_large=(1e-5, 1e-4), n_gradcam=4,
-              top_losses=4, progress=False)
+TINY = Config(train=TrainConfig(progress=False), synthetic=True, arch="simple_cnn", size=32, size_large=40,
+              batch_size=8, epochs_frozen=1, epochs_unfrozen=1, lr_unfrozen=(1e-4, 1e-3), epochs_large=1,
+              lr_large=(1e-5, 1e-4), n_gradcam=4, top_losses=4)
 
 
 def plot_augmented(loader: ImageLoader, n: int, path: Path) -> Path:
@@ -133,9 +133,9 @@ def tta(learn: Learner, path: Path, plain_error: float) -> dict:
 
 
 def make_data(config: Config, workdir: Path):
-    data_dir = config.data_dir
+    data_dir = config.run.data_dir
     if data_dir is None and config.synthetic:
-        data_dir = write_synthetic_pets(workdir / "synthetic_pets", seed=config.seed)
+        data_dir = write_synthetic_pets(workdir / "synthetic_pets", seed=config.train.seed)
     tfms = get_transforms(max_rotate=config.max_rotate, max_zoom=config.max_zoom, max_lighting=config.max_lighting,
                           max_warp=config.max_warp, p_affine=config.p_affine, p_lighting=config.p_lighting)
     return catalog_databunch(
@@ -147,11 +147,12 @@ def make_data(config: Config, workdir: Path):
 def main(config: Config, workdir: Path) -> dict:
     data = make_data(config, workdir)
     print(f"augmentations: {plot_augmented(data.train, config.n_augmented, workdir / 'augmentations.png')}")
-    arch = cnn_arch_config(config.arch, len(data.train.classes), bn_final=True)
-    learn = cnn_learner(data, arch, config.pretrained, ["error_rate", "accuracy"],
-                        TrainConfig(seed=config.seed, progress=config.progress), workdir)
+    pretrained = config.pretrained or False
+    learn = cnn_learner(data, config.arch, pretrained, metrics=["error_rate", "accuracy"], bn_final=True,
+                        config=config.train, workdir=workdir)
+    if not pretrained:
+        learn.freeze()  # the lesson's schedule either way: the head first
     print(f"== {config.arch} + bn_final, size {config.size}: body frozen ({len(data.train)} steps/epoch)")
-    learn.freeze()
     learn.fit_one_cycle(config.epochs_frozen, slice(config.lr_frozen), pct_start=config.pct_start)
     print(f"== unfrozen, lr slice{config.lr_unfrozen}")
     learn.unfreeze()
@@ -164,7 +165,7 @@ def main(config: Config, workdir: Path) -> dict:
     print_results(results)
     interpret_to_pngs(learn, workdir, config.top_losses, 2)
     print(f"grad-cam: {gradcam_figure(learn, config.n_gradcam, workdir / 'gradcam.png')}")
-    path = export_image_classifier(learn, workdir / "export", "cnn", arch)
+    path = learn.export(workdir / "export", meta=image_meta(learn.data))  # the meta of the last size
     print(f"export: {path}")
     return results
 

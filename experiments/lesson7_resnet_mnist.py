@@ -17,20 +17,21 @@ import numpy as np
 from jaxfast import experiment
 from jaxfast.data.loader import ArrayLoader, DataBunch
 from jaxfast.data.mnist import load_mnist
-from jaxfast.experiment import print_results
+from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
-from jaxfast.vision.cnn_learner import interpret_to_pngs
+from jaxfast.models.registry import ModelSpec
+from jaxfast.vision import interpret_to_pngs
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 7: MNIST with fastai's from-scratch ResNet (fit_one_cycle(12, 0.05))."""
+    """Lesson 7: MNIST with fastai's from-scratch ResNet (fit_one_cycle(12, 0.05)).
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, metrics.json); default runs/lesson7_resnet_mnist."""
-    data_dir: str | None = None
-    """Folder with the MNIST idx files; without it, tfds 'mnist' (needs the network)."""
+    --data-dir: a folder with the MNIST idx files; without it, tfds 'mnist' (needs the network)."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
+    """The loop's options; train.seed also draws the 8k/2k split when only the test images are there."""
     widths: tuple[int, int, int, int] = (8, 16, 32, 16)
     """Channels of the four conv2 + res_block stages (28 -> 14 -> 7 -> 4 -> 2, then conv2 to 1 x 1)."""
     batch_size: int = 128
@@ -41,11 +42,9 @@ class Config:
     max_train_rows: int | None = None
     """Use only the first N training rows (the tiny variant)."""
     top_losses: int = 9
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(batch_size=32, epochs=1, max_train_rows=256, top_losses=4, progress=False)
+TINY = Config(train=TrainConfig(progress=False), batch_size=32, epochs=1, max_train_rows=256, top_losses=4)
 
 
 def rand_pad(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,7 +77,7 @@ class DigitLoader(ArrayLoader):
 
 
 def make_data(config: Config) -> tuple[DataBunch, str]:
-    splits = load_mnist(config.data_dir, seed=config.seed)
+    splits = load_mnist(config.run.data_dir, seed=config.train.seed)
     x_train, y_train = splits.x_train, splits.y_train
     if config.max_train_rows is not None:
         x_train, y_train = x_train[: config.max_train_rows], y_train[: config.max_train_rows]
@@ -86,7 +85,7 @@ def make_data(config: Config) -> tuple[DataBunch, str]:
     stats = (float(pixels.mean()), float(pixels.std()))  # fastai's data.normalize(): the data's own
     common = {"stats": stats, "classes": splits.classes}
     data = DataBunch(
-        DigitLoader(x_train, y_train, config.batch_size, shuffle=True, drop_last=True, seed=config.seed,
+        DigitLoader(x_train, y_train, config.batch_size, shuffle=True, drop_last=True, seed=config.train.seed,
                     name="train", pad=config.pad, **common),
         DigitLoader(splits.x_valid, splits.y_valid, 2 * config.batch_size, name="valid", **common),
     )
@@ -97,9 +96,8 @@ def main(config: Config, workdir: Path) -> dict:
     data, note = make_data(config)
     print(note)
     print(f"train {data.train.num_rows} rows, valid {data.valid.num_rows} rows, {len(data.train)} steps/epoch")
-    model = build_model("mnist_resnet", {"widths": list(config.widths), "n_classes": len(data.train.classes)})
-    learn = Learner(model, data, "cross_entropy", ["accuracy"],
-                    config=TrainConfig(seed=config.seed, progress=config.progress), workdir=workdir)
+    spec = ModelSpec("mnist_resnet", {"widths": list(config.widths), "n_classes": len(data.train.classes)})
+    learn = Learner(spec, data, "cross_entropy", ["accuracy"], config=config.train, workdir=workdir)
     print(f"== mnist_resnet{config.widths} from scratch: fit_one_cycle({config.epochs}, {config.lr})")
     learn.fit_one_cycle(config.epochs, config.lr)
     results = learn.evaluate_all()

@@ -14,16 +14,14 @@ import pytest
 from PIL import Image
 
 from jaxfast.export import load_export
-from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
+from jaxfast.learner import TrainConfig
 from jaxfast.predict import main
-from jaxfast.vision import ImageLoader, ImageSource, sources_databunch
-from jaxfast.vision.predict_images import export_image_classifier, predict_images
+from jaxfast.vision import ImageLoader, ImageSource, cnn_learner, sources_databunch
+from jaxfast.vision.predict_images import predict_images
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("blue", "green", "red")
 CHANNEL = {"red": 0, "green": 1, "blue": 2}
-ARCH = {"body_arch": "simple_cnn", "n_classes": 3, "lin_ftrs": (16,), "body_config": {"features": (8, 16)}}
 
 
 def coloured(name: str, n: int, rng, hw=(20, 24)) -> np.ndarray:
@@ -42,14 +40,15 @@ def pixel_source(n_per_class: int, seed: int, name: str) -> ImageSource:
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
-    """A tiny colour classifier trained through the image pipeline, exported with its meta."""
+    """A tiny colour classifier trained through the image pipeline, exported with the meta
+    cnn_learner took from the data."""
     data = sources_databunch(pixel_source(32, 0, "train"), pixel_source(8, 1, "valid"), size=16,
                              batch_size=16, tfms=None, stats="computed")
-    model = build_model("cnn", ARCH)
-    learn = Learner(model, data, metrics=["accuracy"], config=TrainConfig(progress=False), log=lambda s: None)
+    learn = cnn_learner(data, "simple_cnn", pretrained=False, metrics=["accuracy"], lin_ftrs=(16,),
+                        body_config={"features": (8, 16)}, config=TrainConfig(progress=False), log=lambda s: None)
     learn.fit_one_cycle(3, 1e-2)
     assert learn.validate()["accuracy"] == 1.0
-    return export_image_classifier(learn, tmp_path_factory.mktemp("image_export") / "export", "cnn", ARCH)
+    return learn.export(tmp_path_factory.mktemp("image_export") / "export")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +89,7 @@ def test_export_meta(export_dir):
     assert meta["kind"] == "image_classifier" and meta["classes"] == list(CLASSES)
     assert meta["input_size"] == [16, 16] and meta["resize_method"] == "crop"
     assert meta["arch"] == "cnn" and meta["arch_config"]["body_arch"] == "simple_cnn"
+    assert meta["arch_config"]["n_classes"] == 3 and meta["arch_config"]["lin_ftrs"] == [16]
     mean, std = meta["stats"]
     assert len(mean) == len(std) == 3 and all(0 < m < 1 for m in mean) and all(s > 0 for s in std)
 
