@@ -20,26 +20,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from jaxfast import experiment  # noqa: E402
+from jaxfast.experiment import Run, RunConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 2: SGD by hand on a straight line."""
+    """Lesson 2: SGD by hand on a straight line.
 
-    workdir: str | None = None
-    """Outputs (history.csv, fit.png, loss.png, metrics.json); default runs/lesson2_sgd."""
-    data_dir: str | None = None
-    """Unused: the data are generated (kept for the common experiment interface)."""
+    The workdir receives history.csv, fit.png, loss.png and metrics.json; --data-dir is unused (the data are
+    generated). No Learner here: the lesson writes the loop by hand, so there are no --train.* settings."""
+
+    run: Run = RunConfig()
     n: int = 100
     true_a: tuple[float, float] = (3.0, 2.0)
     start_a: tuple[float, float] = (-1.0, 1.0)
     lr: float = 0.1
     steps: int = 100
     seed: int = 42
-    progress: bool = True
 
 
-TINY = Config(steps=20, progress=False)
+TINY = Config(steps=20)
 
 
 def make_data(config: Config) -> tuple[jax.Array, jax.Array]:

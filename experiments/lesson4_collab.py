@@ -14,28 +14,25 @@ import json
 from pathlib import Path
 
 from jaxfast import experiment
-from jaxfast.collab.data import (
-    CollabData,
-    generate_ratings,
-    load_collab_export,
-    load_ratings,
-    prepare,
-)
+from jaxfast.collab import CollabData, collab_learner, generate_ratings, load_collab_export, load_ratings, prepare
 from jaxfast.collab.interpret import format_report, interpret, plot_pca
-from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
+from jaxfast.errors import InputError
+from jaxfast.experiment import Run, RunConfig
+from jaxfast.learner import TrainConfig
 
 MODELS = ("embedding_dot_bias", "embedding_nn")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 4: collaborative filtering on MovieLens 100k (EmbeddingDotBias, optionally EmbeddingNN)."""
+    """Lesson 4: collaborative filtering on MovieLens 100k (EmbeddingDotBias, optionally EmbeddingNN).
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, exports, metrics.json); default runs/lesson4_collab."""
-    data_dir: str | None = None
-    """Folder with ml-100k's u.data + u.item, or ml_sample's ratings.csv; without it, tfds (needs the network)."""
+    --data-dir: a folder with ml-100k's u.data + u.item, or ml_sample's ratings.csv; without it, tfds (needs the
+    network)."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig(wd=0.1, eps=1e-8)
+    """The loop's settings: fastai's wd 0.1, and PyTorch's Adam epsilon 1e-8 that fastai v1's collab_learner used."""
     synthetic: bool = False
     """Without --data-dir, train on generated ratings instead of tfds (the tiny variant does)."""
     item_key: str = "title"
@@ -51,37 +48,23 @@ class Config:
     batch_size: int = 64
     epochs: int = 5
     lr: float = 5e-3
-    wd: float = 0.1
-    eps: float = 1e-8
-    """Adam epsilon: PyTorch's default, which fastai v1's collab_learner used."""
     top_n: int = 1000
     """Interpretation lists only the top_n most-rated items, as the lesson does."""
     n_show: int = 15
-    seed: int = 0
-    progress: bool = True
 
 
 TINY = Config(
-    synthetic=True, models=MODELS, nn_layers=(32,), n_factors=8, batch_size=32, epochs=3, lr=1e-2, top_n=60,
-    n_show=5, progress=False,
+    train=TrainConfig(wd=0.1, eps=1e-8, progress=False), synthetic=True, models=MODELS, nn_layers=(32,), n_factors=8,
+    batch_size=32, epochs=3, lr=1e-2, top_n=60, n_show=5,
 )
 
 
 def make_data(config: Config) -> CollabData:
-    if config.data_dir is None and config.synthetic:
-        ratings = generate_ratings(seed=config.seed)
+    if config.run.data_dir is None and config.synthetic:
+        ratings = generate_ratings(seed=config.train.seed)
     else:
-        ratings = load_ratings(config.data_dir, config.item_key)
+        ratings = load_ratings(config.run.data_dir, config.item_key)
     return prepare(ratings, config.valid_pct, config.split_seed)
-
-
-def arch_config(name: str, config: Config, data: CollabData) -> dict:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} in --models; choose from {', '.join(MODELS)}")
-    sizes = {"n_users": len(data.users), "n_items": len(data.items), "y_range": list(config.y_range)}
-    if name == "embedding_dot_bias":
-        return {**sizes, "n_factors": config.n_factors}
-    return {**sizes, "layers": list(config.nn_layers)}
 
 
 def main(config: Config, workdir: Path) -> dict:
@@ -90,22 +73,20 @@ def main(config: Config, workdir: Path) -> dict:
     print(f"train {data.train_idx.size:,} rows, valid {data.valid_idx.size:,} rows (valid_pct {config.valid_pct}, "
           f"seed {config.split_seed}); {len(data.users) - 1:,} users, {len(data.items) - 1:,} items in training; "
           f"{data.n_valid_unknown} valid rows have an id training never saw ('#na#', as fastai)")
-    bunch = data.bunch(config.batch_size, config.seed)
+    bunch = data.bunch(config.batch_size, config.train.seed)
     final = {}
     for name in config.models:
-        arch = arch_config(name, config, data)
+        if name not in MODELS:
+            raise InputError(f"unknown model {name!r} in --models; choose from {', '.join(MODELS)}")
         out = workdir / name
-        learn = Learner(
-            build_model(name, arch), bunch, "mse", ["mse"],
-            config=TrainConfig(wd=config.wd, eps=config.eps, seed=config.seed, progress=config.progress),
-            workdir=out,
-        )
+        learn = collab_learner(bunch, config.n_factors, config.y_range, use_nn=name == "embedding_nn",
+                               layers=config.nn_layers, metrics=["mse"], config=config.train, workdir=out)
         print(f"== {name} ({len(bunch.train)} steps per epoch)")
         learn.fit_one_cycle(config.epochs, config.lr)
         results = learn.evaluate_all()
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         final.update({f"{name}_{k}": v for k, v in results.items()})
-        learn.export(out / "export", name, arch, data.export_meta())
+        learn.export(out / "export")
         load_collab_export(out / "export")  # the export must load back with its id maps
         if name == "embedding_dot_bias":
             explain(learn.state.params, data, config, out)

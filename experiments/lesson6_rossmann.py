@@ -21,15 +21,10 @@ import pandas as pd
 
 from jaxfast import experiment
 from jaxfast.data.download import DatasetUnavailable
-from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
-from jaxfast.tabular import (
-    TabularProcessor,
-    TabularTarget,
-    export_meta,
-    model_config,
-    tabular_databunch,
-)
+from jaxfast.errors import InputError, MissingInput
+from jaxfast.experiment import Run, RunConfig
+from jaxfast.learner import TrainConfig
+from jaxfast.tabular import TabularProcessor, TabularTarget, tabular_databunch, tabular_learner
 
 CAT_VARS = (
     "Store", "DayOfWeek", "Year", "Month", "Day", "StateHoliday", "CompetitionMonthsOpen", "Promo2Weeks",
@@ -46,12 +41,13 @@ DEP_VAR = "Sales"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 6: Rossmann sales, log target, layers [1000, 500], fit_one_cycle(5, 1e-3, wd=0.2)."""
+    """Lesson 6: Rossmann sales, log target, layers [1000, 500], fit_one_cycle(5, 1e-3, wd=0.2).
 
-    workdir: str | None = None
-    """Outputs (checkpoints, history.csv, plots, metrics.json, export/, tfds/, submission.csv)."""
-    data_dir: str | None = None
-    """Kaggle's train.csv, store.csv, test.csv (+ the lesson's tables for --tables full); else a prepared tfds."""
+    --data-dir: Kaggle's train.csv, store.csv, test.csv (+ the lesson's tables for --tables full); else a prepared
+    tfds 'rossmann'. The workdir also receives tfds/ (the prepared data) and submission.csv."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig()
     tables: Literal["full", "train_store"] = "full"
     """full: the lesson's joins (states, weather, Google trends); train_store: Kaggle's train + store only."""
     valid_rows: int | None = None
@@ -63,13 +59,12 @@ class Config:
     epochs: int = 5
     lr: float = 1e-3
     wd: float = 0.2
+    """fit_one_cycle's weight decay (the lesson's wd=0.2)."""
     tfds_data_dir: str | None = None
     """Where a prepared tfds 'rossmann' is looked for without --data-dir (default ~/tensorflow_datasets)."""
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(layers=(32, 16), batch_size=8, epochs=2, progress=False)
+TINY = Config(train=TrainConfig(progress=False), layers=(32, 16), batch_size=8, epochs=2)
 
 
 def load_frames(config: Config, workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
@@ -79,15 +74,16 @@ def load_frames(config: Config, workdir: Path) -> tuple[pd.DataFrame, pd.DataFra
     from jaxfast.datasets.rossmann import MANUAL_INSTRUCTIONS, Rossmann
     from jaxfast.tabular.data import frame_from_tfds
 
-    if config.data_dir is not None:
-        if not Path(config.data_dir).is_dir():
-            raise FileNotFoundError(f"--data-dir {config.data_dir} is not a folder.\n{MANUAL_INSTRUCTIONS}")
+    data_dir = config.run.data_dir
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise MissingInput(f"--data-dir {data_dir} is not a folder.\n{MANUAL_INSTRUCTIONS}")
         builder = Rossmann(config=config.tables, data_dir=str(workdir / "tfds"))
         if not builder.is_prepared():
-            if not config.progress:
+            if not config.train.progress:
                 tfds.disable_progress_bar()
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                manual_dir=config.data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+                manual_dir=data_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
     else:
         builder = Rossmann(config=config.tables, data_dir=config.tfds_data_dir)
         if not builder.is_prepared():
@@ -101,11 +97,11 @@ def split_recent(df: pd.DataFrame, n_valid: int) -> tuple[pd.DataFrame, pd.DataF
     """Validation: every row dated on or after the n_valid-th most recent row's date."""
     dates = pd.to_datetime(df.Date)
     if not 0 < n_valid < len(df):
-        raise ValueError(f"valid_rows {n_valid} must be between 1 and {len(df) - 1} (the train split has {len(df)} rows)")
+        raise InputError(f"valid_rows {n_valid} must be between 1 and {len(df) - 1} (the train split has {len(df)} rows)")
     cutoff = dates.sort_values(ascending=False).iloc[n_valid - 1]
     valid = dates >= cutoff
     if valid.all():
-        raise ValueError(f"valid_rows {n_valid}: the most recent whole days hold every training row")
+        raise InputError(f"valid_rows {n_valid}: the most recent whole days hold every training row")
     return df[~valid], df[valid]
 
 
@@ -113,7 +109,7 @@ def main(config: Config, workdir: Path) -> dict:
     df, test, note = load_frames(config, workdir)
     print(note)
     if config.valid_rows is None and test is None:
-        raise ValueError("no test split to size the validation set on; pass --valid-rows")
+        raise InputError("no test split to size the validation set on; pass --valid-rows")
     train, valid = split_recent(df, config.valid_rows or len(test))
     full = config.tables == "full"
     cats = [c for c in CAT_VARS if full or c not in ("State", "Events")]
@@ -121,18 +117,15 @@ def main(config: Config, workdir: Path) -> dict:
     processor = TabularProcessor(cats, conts, date_fields=("Date",)).fit(train)
     target = TabularTarget(DEP_VAR, kind="regression", log=True).fit(train)
     y_range = (0.0, float(np.log(df[DEP_VAR].max() * 1.2)))
-    data = tabular_databunch(processor, target, train, valid, config.batch_size, config.seed)
+    data = tabular_databunch(processor, target, train, valid, config.batch_size, config.train.seed)
     print(f"train {len(train)} rows ({train.Date.min()} to {train.Date.max()}), valid {len(valid)} rows "
           f"({valid.Date.min()} to {valid.Date.max()})" + (f", test {len(test)} rows" if test is not None else ""))
-    arch = model_config(processor, target, config.layers, config.ps, config.emb_drop, y_range)
-    learn = Learner(
-        build_model("tabular", arch), data, target.loss, ["exp_rmspe"],
-        config=TrainConfig(seed=config.seed, progress=config.progress), workdir=workdir,
-    )
+    learn = tabular_learner(data, config.layers, metrics=["exp_rmspe"], ps=config.ps, emb_drop=config.emb_drop,
+                            y_range=y_range, config=config.train, workdir=workdir)
     learn.fit_one_cycle(config.epochs, config.lr, wd=config.wd)
     results = learn.evaluate_all()
     print(", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-    path = learn.export(workdir / "export", "tabular", arch, export_meta(processor, target))
+    path = learn.export(workdir / "export")
     print(f"export: {path}")
     if test is not None:
         sales = target.decode(learn.predict(processor.to_arrays(test)))[DEP_VAR]

@@ -17,18 +17,21 @@ import numpy as np
 from jaxfast import experiment
 from jaxfast.data.human_numbers import load_human_numbers
 from jaxfast.data.loader import ArrayLoader, DataBunch
+from jaxfast.errors import InputError
+from jaxfast.experiment import Run, RunConfig
 from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.registry import build_model
+from jaxfast.models.registry import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Lesson 7: human-numbers language models (loop RNN, RNN cell, GRU, LSTM)."""
+    """Lesson 7: human-numbers language models (loop RNN, RNN cell, GRU, LSTM).
 
-    workdir: str | None = None
-    """Outputs: one sub-folder per model (checkpoints, history.csv, plots, export) and metrics.json."""
-    data_dir: str | None = None
-    """Unused: the corpus is generated in code (kept for the common experiment interface)."""
+    The workdir holds one sub-folder per model (checkpoints, history.csv, plots, export) and metrics.json;
+    --data-dir is unused: the corpus is generated in code."""
+
+    run: Run = RunConfig()
+    train: TrainConfig = TrainConfig(wd=0.1, clip=1.0)
     models: tuple[str, ...] = ("loop_rnn", "rnn_cell", "gru", "lstm")
     """Trained in this order; the last one's valid accuracy is the final figure."""
     hidden: int = 128
@@ -46,15 +49,12 @@ class Config:
     """Epochs for every model but the last (the lesson's stepping stones)."""
     epochs_last: int = 8
     lr: float = 1e-2
-    wd: float = 0.1
     max_train_tokens: int | None = None
     """Use only the first N training tokens (the tiny variant)."""
-    seed: int = 0
-    progress: bool = True
 
 
-TINY = Config(models=("loop_rnn", "gru"), hidden=16, seq_len=16, batch_size=16, valid_windows=8, epochs_early=1,
-              epochs_last=1, max_train_tokens=4000, progress=False)
+TINY = Config(train=TrainConfig(wd=0.1, clip=1.0, progress=False), models=("loop_rnn", "gru"), hidden=16, seq_len=16,
+              batch_size=16, valid_windows=8, epochs_early=1, epochs_last=1, max_train_tokens=4000)
 
 
 def rows(ids: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +64,7 @@ def rows(ids: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.nda
     seq_len) give it many more distinct contexts than fastai's contiguous layout."""
     starts = np.arange(0, len(ids) - seq_len, stride)
     if len(starts) == 0:
-        raise ValueError(f"{len(ids)} tokens are too few for windows of {seq_len}")
+        raise InputError(f"{len(ids)} tokens are too few for windows of {seq_len}")
     index = starts[:, None] + np.arange(seq_len)[None, :]
     return ids[index].astype(np.int32), ids[index + 1].astype(np.int32)
 
@@ -76,7 +76,8 @@ def make_data(config: Config):
     valid_len = (len(corpus.valid_ids) - 1) // config.valid_windows
     x_valid, y_valid = rows(corpus.valid_ids, valid_len, valid_len)
     data = DataBunch(
-        ArrayLoader(x_train, y_train, config.batch_size, shuffle=True, drop_last=True, seed=config.seed, name="train"),
+        ArrayLoader(x_train, y_train, config.batch_size, shuffle=True, drop_last=True, seed=config.train.seed,
+                    name="train"),
         ArrayLoader(x_valid, y_valid, config.valid_windows, name="valid"),
     )
     return data, corpus
@@ -90,19 +91,15 @@ def main(config: Config, workdir: Path) -> dict:
     for i, name in enumerate(config.models):
         arch_config = {"name": name, "vocab_size": corpus.vocab_size, "hidden": config.hidden,
                        "n_layers": config.n_layers, "dropout": config.dropout}
-        learn = Learner(
-            build_model("rnn_lm", arch_config), data, "cross_entropy", ["accuracy"],
-            config=TrainConfig(wd=config.wd, seed=config.seed, progress=config.progress, clip=1.0),
-            workdir=workdir / name,
-        )
+        learn = Learner(ModelSpec("rnn_lm", arch_config), data, "cross_entropy", ["accuracy"], config=config.train,
+                        workdir=workdir / name, export_meta={"kind": "language_model", "vocab": list(corpus.vocab)})
         epochs = config.epochs_last if i == len(config.models) - 1 else config.epochs_early
         print(f"== {name}: {epochs} epochs")
         learn.fit_one_cycle(epochs, config.lr)
         results = learn.evaluate_all()
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         final.update({f"{name}_{k}": v for k, v in results.items()})
-        learn.export(workdir / name / "export", "rnn_lm", arch_config, {"kind": "language_model",
-                                                                         "vocab": list(corpus.vocab)})
+        learn.export(workdir / name / "export")
     final["valid_accuracy"] = final[f"{config.models[-1]}_valid_accuracy"]
     return final
 

@@ -45,32 +45,7 @@ from jaxfast.pending import Pending
 from jaxfast.phases import PhaseMismatch, check_phase, signature
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Options of the training loop (not of the experiment)."""
-
-    opt: str = "adam"  # 'adam' (AdamW, decoupled wd) or 'sgd' (with momentum)
-    wd: float = 1e-2
-    beta2: float = 0.99
-    eps: float = 1e-5
-    clip: float | None = None  # global-norm gradient clipping
-    mixed_precision: bool = False  # bf16 compute, fp32 master weights
-    parallel: str = "auto"  # auto | single | mesh | pmap
-    seed: int = 0
-    monitor: str = "valid_loss"  # for keep-best checkpoints and early stopping
-    monitor_mode: str = "min"
-    keep_best: int = 1
-    checkpoint_every_steps: int | None = None
-    early_stopping_patience: int | None = None
-    early_stopping_min_delta: float = 0.0
-    progress: bool = True
-    train_bn: bool = True
-    # Batches prepared on a background thread (0: in the loop; None: 2 on accelerators, 0 on
-    # CPU, where the host's work competes with XLA for the same cores: +45% per step on a
-    # 2-core machine with the thread, +9% without, for a 0.6 ms tabular step).
-    prefetch_batches: int | None = None
+from jaxfast.train_config import TrainConfig
 
 
 class Learner:
@@ -78,8 +53,9 @@ class Learner:
 
     `model` is a Flax module, or a `ModelSpec` (a registered architecture and its config),
     which also lets `export(path)` rebuild it; `export_meta` is what prediction needs besides
-    the weights (kind, classes, preprocessing). The learner factories (`cnn_learner`,
-    `tabular_learner`, ...) fill both.
+    the weights (kind, classes, preprocessing), or a function of the learner's current data
+    that says it (so an export after `learn.data = ...` at a new size records that size).
+    The learner factories (`cnn_learner`, `tabular_learner`, ...) fill both.
     """
 
     def __init__(
@@ -93,7 +69,7 @@ class Learner:
         config: TrainConfig = TrainConfig(),
         workdir: str | Path | None = None,
         log: Callable[[str], None] = print,
-        export_meta: dict | None = None,
+        export_meta: dict | Callable[[DataBunch], dict | None] | None = None,
     ):
         self.spec = model if isinstance(model, ModelSpec) else None
         self.model = self.spec.build() if self.spec is not None else model
@@ -113,6 +89,11 @@ class Learner:
         self._plan: list[dict] = []  # the signatures of this run's phases so far (jaxfast.phases)
         self.checkpointer = None
         self._resume_meta = None
+        self.tensorboard = None
+        if self.workdir is not None and config.tensorboard:
+            from jaxfast.tensorboard import TensorBoardWriter
+
+            self.tensorboard = TensorBoardWriter(self.workdir)
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.checkpointer = Checkpointer(
@@ -275,6 +256,12 @@ class Learner:
 
         return show_results(self, path, rows, split)
 
+    def prediction_meta(self) -> dict:
+        """What prediction needs besides the weights (kind, classes, preprocessing), for the
+        learner's current data."""
+        meta = self.export_meta(self.data) if callable(self.export_meta) else self.export_meta
+        return dict(meta or {})
+
     def export(self, path: str | Path, arch: str | None = None, arch_config: dict | None = None,
                meta: dict | None = None) -> Path:
         """Write an inference export (see jaxfast.export) of the current weights. The
@@ -287,7 +274,7 @@ class Learner:
                 raise ValueError("export: this learner's model is a bare Flax module; pass arch and arch_config, "
                                  "or build the learner from a ModelSpec (the learner factories do)")
             arch, arch_config = self.spec.arch, self.spec.config
-        meta = meta if meta is not None else (self.export_meta or {})
+        meta = self.prediction_meta() if meta is None else meta
         return export_model(path, arch, arch_config, self.state.variables(), meta)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -324,6 +311,7 @@ class Learner:
         if self.workdir is not None:
             self.recorder.plot_losses(self.workdir / "losses.png")
             self.recorder.plot_schedule(self.workdir / "schedule.png")
+            self._log_tensorboard(None, plots=("losses.png", "schedule.png"))
 
     def _epochs(self, phase: int, dstate, n_epochs: int, start_epoch: int, start_batch: int, partial, lrs, moms):
         """The epochs of one phase, from (start_epoch, start_batch); returns the device state."""
@@ -372,6 +360,7 @@ class Learner:
             row["step"] = len(self.recorder.losses)
             self.recorder.add_epoch(row)
             self.log(format_row(row, columns))
+            self._log_tensorboard(row)
             best, bad_epochs, stop_now = self._early_stop(row, best, bad_epochs)
             self._save(dstate, phase, n_epochs if stop_now else epoch + 1, 0, (0.0, 0.0), metrics=row)
             if self.workdir is not None:
@@ -420,6 +409,19 @@ class Learner:
             return np.full(len(steps), float(schedule))
 
         return values(lr), values(mom)
+
+    def _log_tensorboard(self, row: dict | None, plots: Sequence[str] = ()) -> None:
+        """The steps' loss/lr/momentum not logged yet, an epoch's row, and PNG plots, at the
+        global step (a resumed run continues the same curves; see jaxfast.tensorboard)."""
+        if self.tensorboard is None:
+            return
+        rec = self.recorder
+        self.tensorboard.step_series({"loss": rec.losses, "lr": rec.lrs, "mom": rec.moms}, "train")
+        if row is not None:
+            self.tensorboard.epoch(row)
+        for name in plots:
+            self.tensorboard.image_png(f"plots/{Path(name).stem}", self.workdir / name, len(rec.losses))
+        self.tensorboard.flush()
 
     def _early_stop(self, row: dict, best, bad_epochs: int):
         patience = self.config.early_stopping_patience

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxfast.errors import InputError
 from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups  # noqa: F401 - the groups' data, beside their optimizer code
 
 FROZEN = "frozen"
@@ -48,9 +49,9 @@ def _two_phase_cos(v0: float, v1: float, v2: float, total_steps: int, pct_start:
     """Cosine v0 -> v1 over the first int(total*pct_start) steps, then v1 -> v2 over the
     rest; the phase-2 piece sees the step count since its boundary (optax.join_schedules)."""
     if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        raise InputError(f"total_steps must be a positive int, got {total_steps!r}")
     if not 0.0 <= pct_start <= 1.0:
-        raise ValueError(f"pct_start must be in [0, 1], got {pct_start!r}")
+        raise InputError(f"pct_start must be in [0, 1], got {pct_start!r}")
     n1 = int(total_steps * pct_start)
     n2 = total_steps - n1
     phase1 = _annealing_cos(v0, v1, n1)
@@ -64,9 +65,9 @@ def one_cycle_lr(lr_max: float, total_steps: int, pct_start=0.3, div=25.0, final
     """fastai v1 one-cycle learning rate: cosine lr_max/div -> lr_max over the first
     int(total_steps*pct_start) steps, then lr_max -> lr_max/(div*final_div)."""
     if not lr_max > 0:
-        raise ValueError(f"lr_max must be positive, got {lr_max!r}")
+        raise InputError(f"lr_max must be positive, got {lr_max!r}")
     if not (div > 0 and final_div > 0):
-        raise ValueError(f"div and final_div must be positive, got div={div!r}, final_div={final_div!r}")
+        raise InputError(f"div and final_div must be positive, got div={div!r}, final_div={final_div!r}")
     return _two_phase_cos(lr_max / div, lr_max, lr_max / (div * final_div), total_steps, pct_start)
 
 
@@ -83,20 +84,20 @@ def discriminative_lrs(lr: float | slice, n_groups: int) -> list[float]:
     float -> [lr]*n; slice(None, hi) -> [hi/10]*(n-1) + [hi];
     slice(lo, hi) -> lo*(hi/lo)**(i/(n-1)) (fastai's `even_mults`, geometric spacing)."""
     if not isinstance(n_groups, int) or isinstance(n_groups, bool) or n_groups < 1:
-        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+        raise InputError(f"n_groups must be a positive int, got {n_groups!r}")
     if not isinstance(lr, slice):
         lr = _positive_lr(lr, "lr")
         return [lr] * n_groups
     if lr.step is not None:
-        raise ValueError(f"lr slice must not have a step, got {lr!r}")
+        raise InputError(f"lr slice must not have a step, got {lr!r}")
     if lr.stop is None:
-        raise ValueError(f"lr slice needs a stop (the top group's rate), got {lr!r}")
+        raise InputError(f"lr slice needs a stop (the top group's rate), got {lr!r}")
     hi = _positive_lr(lr.stop, "lr slice stop")
     if lr.start is None:
         return [hi / 10] * (n_groups - 1) + [hi]
     lo = _positive_lr(lr.start, "lr slice start")
     if lo > hi:
-        raise ValueError(f"lr slice start must be <= stop, got {lr!r}")
+        raise InputError(f"lr slice start must be <= stop, got {lr!r}")
     if n_groups == 1:
         return [hi]
     return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
@@ -107,9 +108,9 @@ def _positive_lr(value: Any, what: str) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
+        raise InputError(f"{what} must be a number, got {value!r}") from None
     if not (math.isfinite(out) and out > 0):
-        raise ValueError(f"{what} must be positive and finite, got {value!r}")
+        raise InputError(f"{what} must be positive and finite, got {value!r}")
     return out
 
 
@@ -145,25 +146,25 @@ def label_layer_groups(params, group_of_path: Callable[[tuple[str, ...]], int], 
     returns a non-int) or one outside range(n_groups), and naming the groups left empty:
     a silently unlabeled or empty group would train with the wrong learning rate."""
     if not isinstance(n_groups, int) or n_groups < 1:
-        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+        raise InputError(f"n_groups must be a positive int, got {n_groups!r}")
 
     def label(keypath, _leaf):
         path = _path(keypath)
         try:
             group = group_of_path(path)
         except Exception as e:  # noqa: BLE001 - re-raised with the path attached
-            raise ValueError(f"no layer group for param {'/'.join(path)}: {e!r}") from e
+            raise InputError(f"no layer group for param {'/'.join(path)}: {e!r}") from e
         if isinstance(group, bool) or not isinstance(group, (int, np.integer)):
-            raise ValueError(f"no layer group for param {'/'.join(path)}: got {group!r}")
+            raise InputError(f"no layer group for param {'/'.join(path)}: got {group!r}")
         group = int(group)
         if not 0 <= group < n_groups:
-            raise ValueError(f"layer group {group} of param {'/'.join(path)} is not in range({n_groups})")
+            raise InputError(f"layer group {group} of param {'/'.join(path)} is not in range({n_groups})")
         return group
 
     labels = jax.tree_util.tree_map_with_path(label, params)
     empty = sorted(set(range(n_groups)) - set(jax.tree_util.tree_leaves(labels)))
     if empty:
-        raise ValueError(f"layer groups {empty} have no parameters (n_groups={n_groups})")
+        raise InputError(f"layer groups {empty} have no parameters (n_groups={n_groups})")
     return labels
 
 
@@ -221,15 +222,15 @@ def make_optimizer(
     the gradients are clipped to that global norm first; frozen gradients are zeroed
     before the norm is taken, as fastai clips only trainable params."""
     if opt not in ("adam", "sgd"):
-        raise ValueError(f"opt must be 'adam' or 'sgd', got {opt!r}")
+        raise InputError(f"opt must be 'adam' or 'sgd', got {opt!r}")
     lrs = list(lrs)
     n_groups = len(lrs)
     if n_groups < 1:
-        raise ValueError("lrs must give one learning rate per layer group, got none")
+        raise InputError("lrs must give one learning rate per layer group, got none")
     if not 0 <= n_frozen_groups <= n_groups:
-        raise ValueError(f"n_frozen_groups must be in [0, {n_groups}], got {n_frozen_groups!r}")
+        raise InputError(f"n_frozen_groups must be in [0, {n_groups}], got {n_frozen_groups!r}")
     if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        raise InputError(f"clip_norm must be positive or None, got {clip_norm!r}")
 
     bn = batchnorm_mask(params, batch_stats)
     no_decay = no_decay_mask(params, batch_stats)
@@ -237,7 +238,7 @@ def make_optimizer(
     def label(keypath, group, is_bn, is_no_decay):
         group = int(group)
         if not 0 <= group < n_groups:
-            raise ValueError(f"layer group {group} of param {'/'.join(_path(keypath))} has no lr (len(lrs)={n_groups})")
+            raise InputError(f"layer group {group} of param {'/'.join(_path(keypath))} has no lr (len(lrs)={n_groups})")
         if group < n_frozen_groups and not (train_bn and is_bn):
             return FROZEN
         return f"g{group}_{'nodecay' if is_no_decay else 'decay'}"

@@ -139,7 +139,7 @@ def show_results(learn, path=None, rows: int = 3, split: str = "valid") -> Path:
     inputs, targets = _real_rows(batch, rows * rows)
     outputs = learn.predict(inputs)
     path = Path(path or (learn.workdir / "show_results.png" if learn.workdir is not None else "show_results.png"))
-    classes = getattr(loader, "classes", None) or (learn.export_meta or {}).get("classes")
+    classes = getattr(loader, "classes", None) or learn.prediction_meta().get("classes")
     if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
         stats = getattr(loader, "stats", None)
         if targets.ndim == 3:  # segmentation: image + truth | image + prediction

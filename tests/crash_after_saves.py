@@ -28,4 +28,4 @@ def save_then_maybe_die(self, *a, **kw):
 
 Checkpointer.save = save_then_maybe_die
 sys.argv = [module, *args]
-runpy.run_module(module, run_name="__main__")
+runpy.run_module(module, run_name="__main__", alter_sys=True)  # sys.modules["__main__"] is the experiment (tyro reads its annotations there)

@@ -88,6 +88,11 @@ with tempfile.TemporaryDirectory() as tmp:
         sharded.fit_one_cycle(1, 1e-2)  # phase 0 already done: restored, not retrained
         for a, b in zip(jax.tree.leaves(sharded.state.params), jax.tree.leaves(single.state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0)
+        # Inference runs through the runner: same predictions on the devices as on one.
+        for a, b in zip(sharded.get_preds(), single.get_preds()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{mode} get_preds")
+        odd = big_x[:13]  # not a multiple of the device count: padded, then cut back
+        np.testing.assert_allclose(sharded.predict(odd), single.predict(odd), rtol=1e-5, atol=1e-6, err_msg=mode)
         sharded.fit_one_cycle(2, 1e-2)  # a new phase, 128 sharded steps
         print(mode, "restored a 1-device checkpoint on", n_dev, "devices and trained on:", sharded.validate())
 print("OK")

@@ -29,7 +29,8 @@ def final_metrics(workdir: Path) -> dict:
 def test_help_lists_every_setting(module):
     proc = run(module, "--help")
     assert proc.returncode == 0, proc.stderr
-    for option in ("--workdir", "--data-dir", "--seed", "--tiny"):
+    seed = "--seed" if module == "lesson2_sgd" else "--train.seed"  # lesson 2 has no Learner, so no --train.*
+    for option in ("--workdir", "--data-dir", seed, "--tiny"):
         assert option in proc.stdout
 
 
@@ -77,7 +78,7 @@ def test_lesson5_offline_without_data_dir_fails_fast(tmp_path, monkeypatch, caps
 @pytest.mark.slow
 def test_lesson5_real_mnist_reaches_target(tmp_path):
     data = shared_dataset("mnist")
-    proc = run("lesson5_sgd_mnist", "--data-dir", str(data), "--workdir", str(tmp_path), "--no-progress")
+    proc = run("lesson5_sgd_mnist", "--data-dir", str(data), "--workdir", str(tmp_path), "--train.no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "8,000 train / 2,000 valid" in proc.stdout
     final = final_metrics(tmp_path)
@@ -87,7 +88,7 @@ def test_lesson5_real_mnist_reaches_target(tmp_path):
 
 @pytest.mark.slow
 def test_lesson7_lstm_reaches_target(tmp_path):
-    proc = run("lesson7_human_numbers", "--models", "lstm", "--workdir", str(tmp_path), "--no-progress")
+    proc = run("lesson7_human_numbers", "--models", "lstm", "--workdir", str(tmp_path), "--train.no-progress")
     assert proc.returncode == 0, proc.stderr
     assert final_metrics(tmp_path)["valid_accuracy"] >= 0.85  # fastai's GRU: 0.807
 

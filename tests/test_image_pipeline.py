@@ -174,9 +174,12 @@ def test_computed_stats_normalise_to_zero_mean(tmp_path):
     np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
 
 
-def test_measure_pipeline_counts_images():
-    speed = measure_pipeline(ImageLoader(coded_pixels(), 4, size=8), 3)
-    assert 0 < speed < 1e7
+def test_measure_pipeline_counts_images(monkeypatch):
+    import jaxfast.vision.pipeline as pipeline
+
+    clock = iter([10.0, 12.5])  # the timed part (3 batches of 4 after the warm-up) takes 2.5 s
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
+    assert measure_pipeline(ImageLoader(coded_pixels(), 4, size=8), 3) == pytest.approx(12 / 2.5)
 
 
 def test_mnist_tiny_real_folder():

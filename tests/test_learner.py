@@ -61,13 +61,16 @@ def test_fit_one_cycle_learns_and_records(tmp_path):
 def test_lr_find_leaves_state_untouched_and_suggests(tmp_path):
     learn = learner(workdir=tmp_path)
     params = jax.tree.map(np.asarray, learn.state.params)
-    result = learn.lr_find(num_it=60)
+    result = learn.lr_find(end_lr=1e4, num_it=60)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(learn.state.params)):
         np.testing.assert_array_equal(a, np.asarray(b))
-    assert 1e-7 <= result.lr_min <= 10 and 1e-7 <= result.lr_steep <= 10
-    assert result.lrs == sorted(result.lrs) and len(result.lrs) <= 60
+    assert result.lrs == sorted(result.lrs) and len(result.lrs) < 60  # stopped once the loss blew up
+    assert result.losses[-1] > 4 * min(result.losses)
+    assert result.lr_min == pytest.approx(result.lrs[int(np.argmin(result.losses))] / 10)
     assert (tmp_path / "lr_find.png").stat().st_size > 0
-    assert min(result.losses) < result.losses[0]
+    before = learn.validate()["loss"]
+    learn.fit(2, result.lr_min)  # the suggestion trains
+    assert learn.validate()["loss"] < 0.7 * before
 
 
 def test_freeze_keeps_body_fixed_and_unfreeze_trains_it():

@@ -18,7 +18,7 @@ from jaxfast.collab.data import UnknownIdError, load_collab_export
 @pytest.mark.slow
 def test_lesson4_collab_protocol_on_ml100k(tmp_path, capsys):
     data_dir = shared_dataset("ml-100k")
-    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--no-progress"]
+    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--train.no-progress"]
     final = experiment.run(lesson4_collab.main, lesson4_collab.Config(), lesson4_collab.TINY, args)
     out = capsys.readouterr().out
     assert "train 90,000 rows, valid 10,000 rows" in out and "1406 steps per epoch" in out

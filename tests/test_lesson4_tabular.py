@@ -70,7 +70,7 @@ def test_real_adult_learns_in_one_epoch(tmp_path):
     if not data.exists():
         pytest.skip(f"real data set {data} is absent (it lives beside the repo in ../shared/data)")
     workdir = tmp_path / "adult"
-    final = run_lesson("--data-dir", str(data), "--workdir", str(workdir), "--no-progress")
+    final = run_lesson("--data-dir", str(data), "--workdir", str(workdir), "--train.no-progress")
     assert final["valid_accuracy"] >= 0.80  # fastai: 0.820 on 200 rows; here 6,512 random rows
     rows = tmp_path / "rows.csv"
     pd.read_csv(data / "adult_sample" / "adult.csv").iloc[:300].to_csv(rows, index=False)
@@ -84,5 +84,5 @@ def test_real_adult_uci_file_with_its_header_line(tmp_path):
     data = SHARED_DATA / "adult"
     if not (data / "adult.data").exists():
         pytest.skip(f"real data set {data / 'adult.data'} is absent")
-    final = run_lesson("--data-dir", str(data), "--source", "uci", "--workdir", str(tmp_path / "uci"), "--no-progress")
+    final = run_lesson("--data-dir", str(data), "--source", "uci", "--workdir", str(tmp_path / "uci"), "--train.no-progress")
     assert final["valid_accuracy"] >= 0.80 and "test_accuracy" not in final  # this copy has no adult.test

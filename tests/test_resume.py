@@ -23,7 +23,7 @@ def _params(export_dir: Path):
 
 
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, fake_mnist_dir):
-    common = ["--tiny", "--data-dir", str(fake_mnist_dir), "--checkpoint-every-steps", "5"]
+    common = ["--tiny", "--data-dir", str(fake_mnist_dir), "--train.checkpoint-every-steps", "5"]
     module = "experiments.lesson5_sgd_mnist"
     straight = _run(["-m", module, *common, "--workdir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -50,7 +50,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, fake_mnist_dir):
 
 
 def test_mid_epoch_kill_resumes_at_the_same_batch(tmp_path, fake_mnist_dir):
-    common = ["--tiny", "--data-dir", str(fake_mnist_dir), "--checkpoint-every-steps", "3", "--models", "mlp"]
+    common = ["--tiny", "--data-dir", str(fake_mnist_dir), "--train.checkpoint-every-steps", "3", "--models", "mlp"]
     module = "experiments.lesson5_sgd_mnist"
     straight = _run(["-m", module, *common, "--workdir", str(tmp_path / "straight")])
     killed = _run([str(CRASH), "1", module, *common, "--workdir", str(tmp_path / "killed")])

@@ -21,7 +21,7 @@ from jaxfast import experiment
 def test_mnist_sample_from_scratch_in_one_epoch(tmp_path, capsys):
     data_dir = shared_dataset("mnist_sample")
     lesson = lesson1_mnist_sample
-    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--epochs", "1", "--no-progress"]
+    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--epochs", "1", "--train.no-progress"]
     final = experiment.run(lesson.main, lesson.Config(), lesson.TINY, args)
     out = capsys.readouterr().out
     assert "12,396 train / 2,038 valid" in out and "resnet18: no --pretrained weights given" in out
@@ -34,7 +34,7 @@ def test_mnist_sample_from_scratch_in_one_epoch(tmp_path, capsys):
 def test_lesson7_resnet_mnist_on_the_8k_2k_split(tmp_path, capsys):
     data_dir = shared_dataset("mnist")
     lesson = lesson7_resnet_mnist
-    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--no-progress"]
+    args = ["--data-dir", str(data_dir), "--workdir", str(tmp_path), "--train.no-progress"]
     final = experiment.run(lesson.main, lesson.Config(), lesson.TINY, args)
     out = capsys.readouterr().out
     assert "8,000 train / 2,000 valid" in out and "fit_one_cycle(12, 0.05)" in out

@@ -20,6 +20,7 @@ _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
 # jaxfast's own architectures: name -> the module (under jaxfast.models) that registers it.
 FAMILIES: dict[str, tuple[str, ...]] = {
+    "awd_lstm": ("awd_lstm_lm", "awd_lstm_clas"),
     "collab": ("embedding_dot_bias", "embedding_nn"),
     "heads": ("cnn",),
     "mlp": ("logistic", "mlp"),
@@ -28,6 +29,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "simple_cnn": ("simple_cnn", "mnist_resnet"),
     "tabular": ("tabular",),
     "unet": ("unet",),
+    "vgg": ("vgg16_bn",),
 }
 _MODULE_OF = {name: f"jaxfast.models.{family}" for family, names in FAMILIES.items() for name in names}
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from jaxfast.learner import Learner, TrainConfig
-from jaxfast.models.convert import load_pretrained, pretrained_target, random_init_message
 from jaxfast.models.heads import cnn_layer_groups
+from jaxfast.models.hub import load_pretrained_body, resolve_pretrained
 from jaxfast.models.registry import ModelSpec
 from jaxfast.models.unet import unet_layer_groups
 
@@ -42,11 +42,12 @@ def cnn_learner(
     the cache, see jaxfast.models.hub), a string is a weights name or a local .pth/.safetensors
     file, False starts from random weights. With pretrained weights the body is frozen, as
     fastai does (`learn.unfreeze()` trains it)."""
+    pretrained = _resolved(pretrained, base_arch)
     spec = cnn_spec(base_arch, len(data.train.classes), lin_ftrs=lin_ftrs, ps=ps,
                     bn_final=bn_final, concat_pool=concat_pool, body_config=body_config)
     model = spec.build()
     learn = Learner(spec, data, loss, metrics, layer_groups=cnn_layer_groups(model), config=config, workdir=workdir,
-                    log=log, export_meta=image_meta(data))
+                    log=log, export_meta=image_meta)
     if load_body(learn, base_arch, pretrained, log):
         learn.freeze()
     return learn
@@ -61,29 +62,36 @@ def unet_learner(
     """fastai's unet_learner: a DynamicUnet on the ResNet `base_arch` (encoder pretrained as in
     `cnn_learner`, then frozen). `n_classes` defaults to the data's classes (segmentation codes)."""
     n_classes = len(data.train.classes) if n_classes is None else n_classes
+    pretrained = _resolved(pretrained, base_arch)
     spec = ModelSpec("unet", {"encoder_arch": base_arch, "n_classes": n_classes, "blur": blur, "blur_final": blur_final,
                               "y_range": None if y_range is None else list(y_range), "last_cross": last_cross,
                               "bottle": bottle})
     model = spec.build()
     learn = Learner(spec, data, loss, metrics, layer_groups=unet_layer_groups(model), config=config, workdir=workdir,
-                    log=log, export_meta=image_meta(data, kind="segmentation"))
+                    log=log, export_meta=segmentation_meta)
     if load_body(learn, base_arch, pretrained, log, target={"prefix": ("encoder",), "ignore": ("fc",)}):
         learn.freeze()
     return learn
+
+
+def _resolved(pretrained: bool | str | None, arch: str) -> bool | str:
+    """`pretrained` unchanged, its named or default weights file fetched first (once, into the
+    cache) before the model is built and compiled, so that an offline run fails within seconds."""
+    if pretrained is None or pretrained is False:
+        return False
+    resolve_pretrained(pretrained, arch)
+    return pretrained
 
 
 def load_body(learn: Learner, arch: str, pretrained: bool | str, log: Callable[[str], None],
               target: dict | None = None) -> bool:
     """Load pretrained weights into the learner's body (True: `arch`'s ImageNet weights by
     name); says what was loaded, or that the body starts from random weights."""
+    variables, message = load_pretrained_body(learn.state.variables(), pretrained, arch, learn.model, target=target)
+    log(message)
     if pretrained is False or pretrained is None:
-        log(random_init_message(arch))
         return False
-    spec = arch if pretrained is True else str(pretrained)
-    target = pretrained_target(learn.model) if target is None else target
-    variables, loaded = load_pretrained(learn.state.variables(), spec, **target)
     learn.state = learn.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-    log(loaded.message(arch) + "; the head is randomly initialised")
     return True
 
 
@@ -97,6 +105,11 @@ def image_meta(data, kind: str = "image_classifier") -> dict | None:
 
     meta = image_export_meta(loader.classes, loader.size, loader.stats, loader.resize_method)
     return {**meta, "kind": kind}
+
+
+def segmentation_meta(data) -> dict | None:
+    """`image_meta` of a segmentation DataBunch (export kind 'segmentation')."""
+    return image_meta(data, kind="segmentation")
 
 
 def interpret_to_pngs(learn: Learner, out: Path, top_k: int, min_val: int, loader=None):
