@@ -19,7 +19,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxfast.state import TrainState
 
-ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "carry")
 
 
 def state_arrays(state: TrainState) -> dict:

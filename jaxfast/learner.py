@@ -34,7 +34,7 @@ from jaxfast import optim
 from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import DataBunch, Loader
 from jaxfast.data.prefetch import prefetch
-from jaxfast.errors import TrainingDiverged
+from jaxfast.errors import InputError, TrainingDiverged
 from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
@@ -82,6 +82,9 @@ class Learner:
         for loader in [data.train, *data.eval_splits().values()]:
             self.runner.check_batch_size(loader.batch_size)
         self.state = create_train_state(self.model, data.train.sample_inputs(), optim_placeholder(), task, config.seed)
+        if self.state.carry and self.runner.n_devices > 1:
+            raise InputError(f"{type(self.model).__name__} carries a state from batch to batch (e.g. an LM's hidden "
+                             "state), which trains on one device for now; use --train.parallel single")
         self.layer_groups = layer_groups
         self.group_labels = optim.label_layer_groups(self.state.params, layer_groups.group_of_path, layer_groups.n_groups)
         self.n_frozen = 0
@@ -231,14 +234,14 @@ class Learner:
             real = host_batch["mask"] > 0
             outputs.append(out[real])
             losses.append(loss[real])
-            targets.append(np.asarray(host_batch["targets"])[real])
+            targets.append(jax.tree.map(lambda t: np.asarray(t)[real], host_batch["targets"]))
 
         pending = Pending(_fetch, keep, self.runner.sync_each_step)
         for batch in loader.batches(0):
             host = {"mask": np.asarray(batch["mask"]), "targets": batch["targets"]}
             pending.add(host, self.runner.outputs_step(dstate, self.runner.put_batch(batch)))
         pending.flush()
-        return np.concatenate(outputs), np.concatenate(targets), np.concatenate(losses)
+        return np.concatenate(outputs), jax.tree.map(lambda *t: np.concatenate(t), *targets), np.concatenate(losses)
 
     def predict(self, inputs) -> np.ndarray:
         """Model outputs for a batch of inputs (any leading size), through the runner."""

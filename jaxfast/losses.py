@@ -118,8 +118,20 @@ def l1(preds: jax.Array, targets: jax.Array) -> jax.Array:
     return _mean_over_non_batch_axes(jnp.abs(diff))
 
 
+def lm_cross_entropy(logits: jax.Array, targets: dict) -> jax.Array:
+    """A language model's per-row loss -> [B]: the mean token cross entropy over the tokens
+    whose `targets['weights']` are 1 (a row's padding weighs 0), targets['ids'] [B, T]."""
+    ids, weights = targets["ids"], targets["weights"].astype(jnp.float32)
+    if logits.shape[:2] != ids.shape or weights.shape != ids.shape:
+        raise ValueError(f"lm_cross_entropy: logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and weights "
+                         f"{tuple(weights.shape)} must agree on [B, T]")
+    losses = _token_cross_entropy(logits, ids) * weights
+    return losses.sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+
+
 LOSSES: dict[str, LossFn] = {
     "cross_entropy": cross_entropy,
+    "lm_cross_entropy": lm_cross_entropy,
     "binary_cross_entropy": binary_cross_entropy,
     "mse": mse,
     "l1": l1,

@@ -385,8 +385,21 @@ def r2_score() -> Metric:
 
 # -------------------------------------------------------------- registry
 
+def token_accuracy() -> Metric:
+    """A language model's next-token accuracy over the weighted tokens (targets {'ids',
+    'weights'} [B, T], as `losses.lm_cross_entropy`): correct tokens / real tokens."""
+
+    def accumulate(outputs, targets, mask):
+        weights = targets["weights"].astype(jnp.float32) * _row_mask(mask, targets["weights"])
+        correct = (jnp.argmax(outputs, axis=-1) == targets["ids"]).astype(jnp.float32)
+        return {"correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
+
+    return Metric("token_accuracy", accumulate, lambda s: _ratio(s["correct"], s["count"]))
+
+
 METRIC_FACTORIES: dict[str, Callable[[], Metric]] = {
     "accuracy": accuracy,
+    "token_accuracy": token_accuracy,
     "error_rate": error_rate,
     "top_k_accuracy": top_k_accuracy,
     "accuracy_thresh": accuracy_thresh,

@@ -39,7 +39,9 @@ class Task:
 
 
 class TrainState(struct.PyTreeNode):
-    """Params, BatchNorm statistics, optimizer state, step counter and base rng."""
+    """Params, BatchNorm statistics, optimizer state, step counter and base rng, and the
+    model's carried state (`carry`: e.g. an LM's hidden state between batches, the model's
+    "carry" variable collection; empty for most models)."""
 
     step: jax.Array
     params: Any
@@ -49,9 +51,10 @@ class TrainState(struct.PyTreeNode):
     apply_fn: Callable = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     task: Task = struct.field(pytree_node=False)
+    carry: Any = struct.field(default_factory=dict)
 
     def variables(self) -> dict:
-        """The variables dict that `apply_fn` expects."""
+        """The variables dict that `apply_fn` expects (the carry is the step's business)."""
         variables = {"params": self.params}
         if self.batch_stats:
             variables["batch_stats"] = self.batch_stats
@@ -63,27 +66,42 @@ class TrainState(struct.PyTreeNode):
         return self.replace(tx=tx, opt_state=tx.init(self.params))
 
 
-def init_variables(model, sample_inputs, seed: int) -> tuple[Any, Any]:
-    """Initialise (params, batch_stats) of a Flax module from one sample batch."""
+def apply_model(apply_fn: Callable, variables: dict, inputs, **kwargs):
+    """`apply_fn(variables, inputs, ...)`; a dict of inputs is passed as keyword arguments
+    (e.g. an LM's {'tokens', 'reset', 'token_mask'})."""
+    if isinstance(inputs, dict):
+        return apply_fn(variables, **inputs, **kwargs)
+    return apply_fn(variables, inputs, **kwargs)
+
+
+def init_all_variables(model, sample_inputs, seed: int) -> dict:
+    """Initialise the variables of a Flax module from one sample batch: params, and
+    batch_stats / carry when the model has them."""
     params_key, dropout_key = jax.random.split(jax.random.key(seed))
-    variables = jax.jit(lambda x: model.init({"params": params_key, "dropout": dropout_key}, x, train=False))(
-        sample_inputs
-    )
+    rngs = {"params": params_key, "dropout": dropout_key}
+    return jax.jit(lambda x: apply_model(model.init, rngs, x, train=False))(sample_inputs)
+
+
+def init_variables(model, sample_inputs, seed: int) -> tuple[Any, Any]:
+    """(params, batch_stats) of a Flax module initialised from one sample batch."""
+    variables = init_all_variables(model, sample_inputs, seed)
     return variables["params"], variables.get("batch_stats", {})
 
 
 def create_train_state(model, sample_inputs, tx: optax.GradientTransformation, task: Task, seed: int = 0) -> TrainState:
     """A fresh state for `model`, initialised from `sample_inputs` (one batch of inputs)."""
-    params, batch_stats = init_variables(model, sample_inputs, seed)
+    variables = init_all_variables(model, sample_inputs, seed)
+    params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=batch_stats,
+        batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed + 1)),
         apply_fn=model.apply,
         tx=tx,
         task=task,
+        carry=variables.get("carry", {}),
     )
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxfast.metrics import accumulate_all
-from jaxfast.state import TrainState
+from jaxfast.state import TrainState, apply_model
 
 
 def _cast_floats(tree, dtype):
@@ -33,7 +33,11 @@ def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
 
 
 def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
-    """Run the model; returns (float32 outputs, new batch_stats)."""
+    """Run the model; returns (float32 outputs, new batch_stats, new carry).
+
+    Training reads and writes the model's mutable collections: BatchNorm statistics and the
+    carried state (e.g. an LM's hidden state, kept from batch to batch). Evaluation and
+    prediction leave the state alone and start each batch from the model's zero carry."""
     dtype = jnp.dtype(state.task.compute_dtype)
     if dtype != jnp.float32:
         params = _cast_floats(params, dtype)
@@ -41,16 +45,19 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
     variables = {"params": params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    if train and state.batch_stats:
-        outputs, updates = state.apply_fn(
-            variables, inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
-        )
-        new_stats = updates["batch_stats"]
+    if train and state.carry:
+        variables["carry"] = state.carry
+    mutable = [name for name, tree in (("batch_stats", state.batch_stats), ("carry", state.carry)) if tree]
+    if not train:
+        mutable = ["carry"] if state.carry else []  # the zero carry is built, then dropped
+    rngs = {"dropout": rng} if train else {}
+    if mutable:
+        outputs, updates = apply_model(state.apply_fn, variables, inputs, train=train, rngs=rngs, mutable=mutable)
     else:
-        rngs = {"dropout": rng} if train else {}
-        outputs = state.apply_fn(variables, inputs, train=train, rngs=rngs)
-        new_stats = state.batch_stats
-    return _cast_floats(outputs, jnp.float32), new_stats
+        outputs, updates = apply_model(state.apply_fn, variables, inputs, train=train, rngs=rngs), {}
+    new_stats = updates.get("batch_stats", state.batch_stats) if train else state.batch_stats
+    new_carry = updates.get("carry", state.carry) if train else state.carry
+    return _cast_floats(outputs, jnp.float32), new_stats, new_carry
 
 
 def _sum_over(tree, axis_name):
@@ -65,13 +72,13 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
     rng = _step_rng(state, axis_name)
 
     def loss_fn(params):
-        outputs, new_stats = _forward(state, params, batch["inputs"], train=True, rng=rng)
+        outputs, new_stats, new_carry = _forward(state, params, batch["inputs"], train=True, rng=rng)
         loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
         # Dividing by the GLOBAL count makes summed per-device gradients equal the
         # gradient of the global mean, whatever the split.
-        return loss_sum / global_count, (loss_sum, new_stats)
+        return loss_sum / global_count, (loss_sum, new_stats, new_carry)
 
-    grads, (loss_sum, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (loss_sum, new_stats, new_carry) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
         grads = jax.lax.psum(grads, axis_name)
         new_stats = jax.lax.pmean(new_stats, axis_name)
@@ -81,6 +88,7 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
         params=optax.apply_updates(state.params, updates),
         batch_stats=new_stats,
         opt_state=opt_state,
+        carry=new_carry,
     )
     # No gradient norm here: reading every gradient would keep the weight gradients of
     # frozen layers alive, which XLA otherwise drops (1.5x faster frozen-body steps).
@@ -93,7 +101,7 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
 def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> dict:
     """Loss and metric sums on `batch` with the model in inference mode."""
     mask = batch["mask"].astype(jnp.float32)
-    outputs, _ = _forward(state, state.params, batch["inputs"], train=False)
+    outputs, _, _ = _forward(state, state.params, batch["inputs"], train=False)
     loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
     metrics = {"loss": {"sum": loss_sum, "count": mask.sum()}}
     metrics.update(accumulate_all(state.task.metrics, outputs, batch["targets"], mask))
@@ -102,11 +110,11 @@ def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> d
 
 def predict_step(state: TrainState, inputs) -> jax.Array:
     """Model outputs (float32) in inference mode."""
-    outputs, _ = _forward(state, state.params, inputs, train=False)
+    outputs, _, _ = _forward(state, state.params, inputs, train=False)
     return outputs
 
 
 def loss_and_outputs_step(state: TrainState, batch: dict) -> tuple[jax.Array, jax.Array]:
     """Per-example losses and outputs (for interpretation: top losses, confusion)."""
-    outputs, _ = _forward(state, state.params, batch["inputs"], train=False)
+    outputs, _, _ = _forward(state, state.params, batch["inputs"], train=False)
     return state.task.loss(outputs, batch["targets"]), outputs
