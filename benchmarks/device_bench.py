@@ -129,14 +129,14 @@ def cpu_flops(work: Workload, inputs, targets) -> float | None:
     convolutions an accelerator runs (None, with the reason, if that fails). XLA's GPU backend
     gave no count before compiling, and the compiled program's analysis does not see the
     convolutions it hands to cuDNN."""
-    from jaxfast.models.conv import forced_lowering
-
+    model = work.jax_model()
+    if hasattr(model, "conv_lowering"):  # every conv and max-pool as XLA's own (jaxfast.models.conv)
+        model = model.clone(conv_lowering="xla")
     try:
-        with forced_lowering("xla"):
-            train_step, state, batch = build_jaxfast_step(
-                work.jax_model(), inputs, targets, work.loss, lr=work.lr, wd=work.wd, eps=work.eps,
-                compute_dtype=work.dtype, device=jax.devices("cpu")[0])
-            return flops(train_step.lower(state, batch))
+        train_step, state, batch = build_jaxfast_step(
+            model, inputs, targets, work.loss, lr=work.lr, wd=work.wd, eps=work.eps,
+            compute_dtype=work.dtype, device=jax.devices("cpu")[0])
+        return flops(train_step.lower(state, batch))
     except Exception as error:  # noqa: BLE001 - a missing count must not lose the row's timings
         print(f"no flop count on the CPU backend ({type(error).__name__}: {error})", flush=True)
         return None

@@ -4,9 +4,9 @@ Overhead: per-step time of `Learner.fit` / `fit_one_cycle` (steady epochs, no va
 against the bare compiled step on a device batch and a minimal loop (loader + put_batch +
 step + reading the loss), for the TabularModel (tiny step: overhead shows most) and the
 MNIST ResNet. `--lesson`: wall time of Learner epochs of `mnist_resnet` on 8,000 28x28
-images (bs 128, fit_one_cycle), the first epoch including compilation; run it with
-JAXFAST_CONV_LOWERING=xla to time the XLA-only convolution (run_all.py does both).
-Run: python benchmarks/loop_overhead_bench.py [--lesson] [--epochs 3]
+images (bs 128, fit_one_cycle), the first epoch including compilation; `--conv-lowering xla`
+times the XLA-only convolution (run_all.py does both).
+Run: python benchmarks/loop_overhead_bench.py [--lesson] [--epochs 3] [--conv-lowering xla]
 """
 
 from __future__ import annotations
@@ -99,24 +99,26 @@ def overhead(epochs: int) -> list[dict]:
     return rows
 
 
-def lesson_epochs(epochs: int) -> dict:
-    """Wall seconds of each Learner epoch of lesson 7's MNIST ResNet (fit_one_cycle)."""
-    from jaxfast.models.conv import _forced
+def lesson_epochs(epochs: int, conv_lowering: str = "auto") -> dict:
+    """Wall seconds of each Learner epoch of lesson 7's MNIST ResNet (fit_one_cycle), every conv
+    on `conv_lowering` ('auto': the rule)."""
     from jaxfast.models.simple_cnn import mnist_resnet
 
-    learn = _learner(mnist_resnet(), *mnist_like(), 128)
+    learn = _learner(mnist_resnet(conv_lowering=conv_lowering), *mnist_like(), 128)
     learn.fit_one_cycle(epochs, 0.05)
     times = [r["time"] for r in learn.recorder.epochs]
-    return {"lowering": _forced[0] or "rule", "epoch_s": times, "load": load_average()}
+    return {"lowering": "rule" if conv_lowering == "auto" else conv_lowering, "epoch_s": times, "load": load_average()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lesson", action="store_true", help="time lesson 7's MNIST ResNet epochs (prints JSON)")
+    parser.add_argument("--conv-lowering", choices=("auto", "xla", "im2col"), default="auto",
+                        help="--lesson: every conv of the model on this lowering (default auto: the rule)")
     args = parser.parse_args(argv)
     if args.lesson:
-        result = lesson_epochs(args.epochs)
+        result = lesson_epochs(args.epochs, args.conv_lowering)
         print(json.dumps(result))
         return result
     rows = overhead(args.epochs)

@@ -5,13 +5,12 @@ lesson 1's 224 px (bs 16); lesson 7's MNIST ResNet (28x28, bs 128); fastai's cnn
 frozen ResNet-34 body (64 px, bs 32); fastai's DynamicUnet on ResNet-34 (128 px, bs 8, 32
 classes as CamVid, per-pixel cross entropy); and the tf.data pipeline's images/s with
 augmentation beside ResNet-18's train step.
-Run: python benchmarks/resnet_bench.py [--steps 25] [--lowering xla] [--only resnet18_64]
+Run: python benchmarks/resnet_bench.py [--steps 25] [--conv-lowering xla] [--only resnet18_64]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 from pathlib import Path
 
@@ -20,9 +19,12 @@ import numpy as np
 import common  # noqa: F401 - puts the repository on sys.path
 from common import import_torch, jaxfast_step, medians_and_best, load_average, markdown_table, row, timed_first
 
+from jaxfast.models.conv import MODEL_LOWERINGS
 
-def workloads():
-    """name -> (jaxfast model, torch model factory, image size, channels, batch, n_classes, extra)."""
+
+def workloads(conv_lowering: str = "auto"):
+    """name -> (jaxfast model, torch model factory, image size, channels, batch, n_classes, extra);
+    every jaxfast model with `conv_lowering` ('auto': the rule; jaxfast.models.conv)."""
     from jaxfast.models.heads import cnn_layer_groups, create_cnn
     from jaxfast.models.resnet import resnet18, resnet34
     from jaxfast.models.simple_cnn import mnist_resnet
@@ -33,16 +35,18 @@ def workloads():
     out = {}
     for depth, jmodel, tmodel in ((18, resnet18, tr.resnet18), (34, resnet34, tr.resnet34)):
         for px in (64, 32):
-            out[f"resnet{depth}_{px}px"] = (jmodel(10), lambda t=tmodel: t(10), px, 3, 32, 10, {})
-    out["resnet34_224px_bs16"] = (resnet34(10), lambda: tr.resnet34(10), 224, 3, 16, 10, {})  # lesson 1's size
-    out["mnist_resnet"] = (mnist_resnet(), tr.mnist_resnet, 28, 1, 128, 10, {})
-    head = create_cnn("resnet34", 37)
+            out[f"resnet{depth}_{px}px"] = (jmodel(10, conv_lowering=conv_lowering), lambda t=tmodel: t(10),
+                                            px, 3, 32, 10, {})
+    out["resnet34_224px_bs16"] = (resnet34(10, conv_lowering=conv_lowering), lambda: tr.resnet34(10),
+                                  224, 3, 16, 10, {})  # lesson 1's size
+    out["mnist_resnet"] = (mnist_resnet(conv_lowering=conv_lowering), tr.mnist_resnet, 28, 1, 128, 10, {})
+    head = create_cnn("resnet34", 37, conv_lowering=conv_lowering)
     groups = cnn_layer_groups(head)
     out["cnn_head_frozen_resnet34_64px"] = (
         head, lambda: tr.cnn(tr.resnet34(include_top=False), 512, 37, freeze_body=True), 64, 3, 32, 37,
         dict(group_of_path=groups.group_of_path, n_groups=groups.n_groups, n_frozen=groups.n_groups - 1),
     )
-    unet = dynamic_unet("resnet34", 32)
+    unet = dynamic_unet("resnet34", 32, conv_lowering=conv_lowering)
     groups = unet_layer_groups(unet)
     out["unet_resnet34_128px"] = (unet, lambda: tr.unet("resnet34", 32), 128, 3, 8, 32,
                                   dict(group_of_path=groups.group_of_path, n_groups=groups.n_groups))
@@ -81,12 +85,10 @@ def bench(name, spec, n_steps: int, torch, compute_dtype: str = "float32") -> di
 
 def lowering_speedup(name: str, n_steps: int) -> dict:
     """jaxfast alone: the step with every conv and max-pool on XLA's lowering vs the rule."""
-    from jaxfast.models.conv import forced_lowering
-
+    xla_model = workloads("xla")[name][0]
     jmodel, _, px, ch, bs, n_classes, extra = workloads()[name]
     images, targets = make_batch(jmodel, px, ch, bs, n_classes, np.random.default_rng(0))
-    with forced_lowering("xla"):
-        xla_step = jaxfast_step(jmodel, images, targets, **extra)[0]
+    xla_step = jaxfast_step(xla_model, images, targets, **extra)[0]
     rule_step = jaxfast_step(jmodel, images, targets, **extra)[0]
     med, _ = medians_and_best({"xla": xla_step, "rule": rule_step}, n_steps)
     return {"workload": name, "xla-only ms": med["xla"] * 1e3, "rule ms": med["rule"] * 1e3,
@@ -112,22 +114,20 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=25, help="timed steps per contender (median)")
     parser.add_argument("--only", nargs="*", help="workload names (default: all)")
-    parser.add_argument("--lowering", choices=["xla", "im2col"], help="force one conv lowering (default: the rule)")
+    parser.add_argument("--conv-lowering", choices=MODEL_LOWERINGS, default="auto",
+                        help="every jaxfast conv and max-pool on this lowering (default auto: the rule)")
     parser.add_argument("--bf16", action="store_true", help="jaxfast in bfloat16 compute (torch stays fp32)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the tf.data pipeline comparison")
     args = parser.parse_args(argv)
-    from jaxfast.models.conv import forced_lowering
-
     torch = import_torch()
     rows = []
-    ctx = forced_lowering(args.lowering) if args.lowering else contextlib.nullcontext()
-    with ctx:
-        for name, spec in workloads().items():
-            if args.only and name not in args.only:
-                continue
-            rows.append(bench(name, spec, args.steps, torch, "bfloat16" if args.bf16 else "float32"))
-            print(markdown_table(rows[-1:]).splitlines()[-1], f"(load {load_average()})", flush=True)
-    print(f"\nvision train steps, load {load_average()}, lowering {args.lowering or 'rule'}")
+    for name, spec in workloads(args.conv_lowering).items():
+        if args.only and name not in args.only:
+            continue
+        rows.append(bench(name, spec, args.steps, torch, "bfloat16" if args.bf16 else "float32"))
+        print(markdown_table(rows[-1:]).splitlines()[-1], f"(load {load_average()})", flush=True)
+    lowering = "rule" if args.conv_lowering == "auto" else args.conv_lowering
+    print(f"\nvision train steps, load {load_average()}, conv lowering {lowering}")
     print(markdown_table(rows))
     r18 = next((r for r in rows if r["workload"] == "resnet18_64px"), None)
     if r18 is not None and not args.no_pipeline:

@@ -5,7 +5,7 @@ cnn head on a frozen body, a DynamicUnet at 128 px, the tf.data pipeline beside 
 step), lstm_bench, tabular_collab_bench and loop_overhead_bench in this process, the jaxfast
 step with XLA-only convolutions vs the lowering rule, then lesson epochs (lesson 7's MNIST
 ResNet; `--lessons` adds lesson 1's resnet18 on MNIST_SAMPLE) in fresh processes, alternating
-the XLA-only convolution (JAXFAST_CONV_LOWERING=xla) and the rule. The machine is shared and
+the XLA-only convolution (`--conv-lowering xla`) and the rule. The machine is shared and
 PyTorch's OpenMP steps slow down 10x when another process competes for the 2 cores, so
 `--wait-load` waits (up to `--wait-max` s) for a quiet minute first. Last, allocator_bench
 times ResNet-18 64 px and the LM step in fresh processes under glibc's default malloc and
@@ -45,23 +45,25 @@ LESSONS = {  # experiment -> its data folder beside the repository
 }
 
 
-def lesson_epoch_times(lesson: str, lowering: str | None, epochs: int) -> list[float]:
-    """Epoch seconds of `python -m experiments.<lesson>` in a fresh process with `lowering`
-    forced or not; for lesson 7 without the experiment or its data, loop_overhead_bench --lesson."""
-    env = {**os.environ, "JAXFAST_CONV_LOWERING": lowering or ""}
+def lesson_epoch_times(lesson: str, lowering: str, epochs: int) -> list[float]:
+    """Epoch seconds of `python -m experiments.<lesson> [--conv-lowering <lowering>]` in a fresh
+    process ('auto': the rule, the default); for lesson 7 without the experiment or its data,
+    loop_overhead_bench --lesson."""
     data = LESSONS[lesson]
     if (ROOT / "experiments" / f"{lesson}.py").exists() and data.exists():
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", f"experiments.{lesson}", "--data-dir", str(data), "--epochs", str(epochs),
                    "--workdir", tmp, "--no-progress", "--top-losses", "1"]
-            subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+            cmd += [] if lowering == "auto" else ["--conv-lowering", lowering]  # the experiment's config field
+            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
             import pandas as pd
 
             return [float(t) for t in pd.read_csv(Path(tmp) / "history.csv")["time"]]
     if lesson != "lesson7_resnet_mnist":
         raise FileNotFoundError(f"experiments/{lesson}.py or its data {data} is missing")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "loop_overhead_bench.py"), "--lesson", "--epochs", str(epochs)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "loop_overhead_bench.py"), "--lesson", "--epochs", str(epochs),
+           "--conv-lowering", lowering]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["epoch_s"]
 
 
@@ -69,7 +71,7 @@ def lesson_before_after(lesson: str, epochs: int, rounds: int) -> list[dict]:
     """Median first (compiling) and later epoch seconds, XLA-only convs vs the rule, alternated."""
     times = {"xla": [], "rule": []}
     for _ in range(rounds):
-        for name, lowering in (("xla", "xla"), ("rule", None)):
+        for name, lowering in (("xla", "xla"), ("rule", "auto")):
             times[name].append(lesson_epoch_times(lesson, lowering, epochs))
     table = []
     for name, runs in times.items():

@@ -1,5 +1,8 @@
-"""The im2col conv lowering equals XLA's convolution forward and backward, and the
-choice rule sends each shape and backend where it is measured to be fastest."""
+"""The im2col conv lowering equals XLA's convolution forward and backward, the choice rule
+sends each shape and backend where it is measured to be fastest, and a model's explicit
+`conv_lowering` reaches every conv and max-pool it builds."""
+
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -118,26 +121,91 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
     np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-def test_forced_lowering_applies_to_auto_and_is_restored():
-    from jaxfast.models import conv
+def primitive_counts(closed_jaxpr) -> Counter:
+    """How often each primitive occurs in a jaxpr, nested jaxprs (custom_vjp, pjit) included."""
+    counts = Counter()
 
-    x, k = jnp.ones((1, 2, 2, 4)), jnp.ones((3, 3, 4, 4))
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            counts[eqn.primitive.name] += 1
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else (value,):
+                    if hasattr(sub, "eqns"):
+                        walk(sub)
+                    elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        walk(sub.jaxpr)
 
-    def ops():
-        return str(jax.make_jaxpr(lambda x, k: conv2d(x, k))(x, k))
-
-    rule = ops()  # the rule's choice on this backend: im2col on the CPU, XLA on accelerators
-    with conv.forced_lowering("xla"):
-        assert "conv_general_dilated" in ops()
-    with conv.forced_lowering("im2col"):
-        assert "conv_general_dilated" not in ops()
-    assert ops() == rule
-    assert ("conv_general_dilated" in rule) == (jax.default_backend() != "cpu")
-    with pytest.raises(ValueError, match="forced lowering"):
-        with conv.forced_lowering("fft"):
-            pass
+    walk(closed_jaxpr.jaxpr)
+    return counts
 
 
-def test_mismatched_shapes_are_named():
-    with pytest.raises(ValueError, match=r"input \(1, 4, 4, 3\).*kernel \(3, 3, 5, 2\)"):
-        conv2d(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 5, 2)))
+MODELS = [  # registered name, config, input shape
+    ("resnet18", {"n_classes": 5}, (2, 32, 32, 3)),
+    ("cifar_resnet20", {}, (2, 16, 16, 3)),
+    ("simple_cnn", {"features": (8, 8, 4), "bn": True}, (2, 16, 16, 3)),
+    ("mnist_resnet", {}, (2, 28, 28, 1)),
+    ("cnn", {"body_arch": "resnet18", "n_classes": 3}, (2, 32, 32, 3)),
+    ("unet", {"encoder_arch": "resnet18", "n_classes": 3}, (2, 32, 32, 3)),
+]
+
+
+@pytest.mark.parametrize("arch,config,x_shape", MODELS, ids=[m[0] for m in MODELS])
+def test_model_conv_lowering_reaches_every_conv_and_pool(arch, config, x_shape):
+    """'xla': one conv_general_dilated per Conv kernel (4-D) and a dot_general only per Dense
+    kernel (2-D); 'im2col': no XLA conv at all, one matmul per Conv; max-pools follow."""
+    from jaxfast.models.registry import build_model
+
+    x = jnp.zeros(x_shape)
+    variables = jax.eval_shape(build_model(arch, config).init, jax.random.key(0), x)
+    kernels = Counter(leaf.ndim for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+                      if jax.tree_util.keystr(path).endswith("['kernel']"))
+    n_pools = 1 if "resnet18" in (arch, config.get("body_arch"), config.get("encoder_arch")) else 0
+    counts = {}
+    for lowering in ("xla", "im2col"):
+        model = build_model(arch, {**config, "conv_lowering": lowering})
+        counts[lowering] = primitive_counts(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x))
+    assert kernels[4] > 0
+    assert counts["xla"]["conv_general_dilated"] == kernels[4]
+    assert counts["xla"]["dot_general"] == kernels[2]
+    assert counts["xla"]["reduce_window_max"] == n_pools
+    assert counts["im2col"]["conv_general_dilated"] == 0
+    assert counts["im2col"]["dot_general"] == kernels[4] + kernels[2]
+    assert counts["im2col"]["reduce_window_max"] == 0
+
+
+def test_resnet18_outputs_agree_across_lowerings():
+    from jaxfast.models.resnet import resnet18
+
+    x = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
+    shapes = jax.eval_shape(resnet18(10).init, jax.random.key(0), x)
+    rng = np.random.default_rng(0)
+    # numpy draws (jax's RNG would compile per layer); BN variances stay positive
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: np.abs(rng.standard_normal(s.shape)).astype(np.float32) + 0.5
+        if jax.tree_util.keystr(path).endswith("['var']") else
+        (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes)
+    outputs = {lowering: np.asarray(jax.jit(resnet18(10, conv_lowering=lowering).apply)(variables, x))
+               for lowering in ("auto", "xla", "im2col")}
+    assert np.abs(outputs["xla"]).max() > 1e-3
+    np.testing.assert_allclose(outputs["im2col"], outputs["xla"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outputs["auto"], outputs["xla"], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_lowerings_raise_naming_them():
+    from jaxfast.errors import InputError
+    from jaxfast.models.registry import build_model
+    from jaxfast.models.resnet import ResNet
+
+    for arch, config in (("resnet18", {}), ("mnist_resnet", {}), ("unet", {"encoder_arch": "resnet18"}),
+                         ("cnn", {"body_arch": "resnet18", "n_classes": 2})):
+        with pytest.raises(InputError, match="conv_lowering 'fft'"):
+            build_model(arch, {**config, "conv_lowering": "fft"})
+    with pytest.raises(InputError, match="conv_lowering 'winograd'"):  # not every conv of a model fits it
+        build_model("resnet18", {"conv_lowering": "winograd"})
+    x = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(InputError, match="ResNet: unknown conv_lowering 'fft'"):
+        jax.eval_shape(ResNet((1, 1), conv_lowering="fft").init, jax.random.key(0), x)
+    with pytest.raises(InputError, match="max-pool lowering 'fft'"):
+        max_pool(x, lowering="fft")
+    with pytest.raises(InputError, match="conv lowering 'fft'"):
+        conv2d(x, jnp.zeros((3, 3, 3, 4)), lowering="fft")

@@ -20,13 +20,16 @@ im2col leaves out the taps that only ever read padding (a 3x3 conv on a 1x1 map 
 matmul with its centre tap: 50 ms -> 2 ms).
 `choose_lowering` encodes the rule measured on this machine (benchmarks/conv_bench.py
 prints the table behind it). Accelerators always take 'xla'.
+
+A lowering is an explicit setting, never global state: `Conv(lowering=...)` and
+`max_pool(lowering=...)`, and each model's `conv_lowering` field (a key of its registered
+config, so it travels with exports), which the model passes to every conv and max-pool it
+builds. 'auto' (the default) means the rule above.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -34,14 +37,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxfast.errors import InputError
 from jaxfast.models.winograd import TILE as WINOGRAD_TILE
 from jaxfast.models.winograd import winograd_conv3x3
 
 LOWERINGS = ("auto", "xla", "im2col", "winograd")
-# Replaces 'auto' everywhere when set (benchmarks: JAXFAST_CONV_LOWERING=xla measures XLA-only).
-_forced = [os.environ.get("JAXFAST_CONV_LOWERING") or None]
-if _forced[0] not in (None, "xla", "im2col"):
-    raise ValueError(f"JAXFAST_CONV_LOWERING must be 'xla' or 'im2col' (every conv can take those), got {_forced[0]!r}")
+# What a whole model (and max_pool) can take: every conv and pool has these ('winograd'
+# only fits 3x3 stride-1 convs, so it is a per-Conv setting).
+MODEL_LOWERINGS = ("auto", "xla", "im2col")
 
 # The CPU rule (benchmarks/conv_bench.py; 2-core AMD EPYC, jax 0.10.2), fwd+bwd:
 # - Winograd F(4x4, 3x3) for float32 3x3 stride-1 pad-1 convs with outputs of at least 4x4
@@ -108,31 +111,23 @@ def choose_lowering(x_shape, kernel_shape, strides, padding, backend: str | None
     return "xla"
 
 
-@contextlib.contextmanager
-def forced_lowering(lowering: str | None):
-    """Within the block, every 'auto' conv and max-pool traces with `lowering` ('xla' or
-    'im2col'; None: the rule). Clears JAX's caches so that jitted steps retrace."""
-    if lowering not in (None, "xla", "im2col"):
-        raise ValueError(f"forced lowering must be None, 'xla' or 'im2col', got {lowering!r}")
-    previous, _forced[0] = _forced[0], lowering
-    jax.clear_caches()
-    try:
-        yield
-    finally:
-        _forced[0] = previous
-        jax.clear_caches()
+def check_model_lowering(lowering: str, model: str = "model") -> str:
+    """`lowering` when a whole model can take it (MODEL_LOWERINGS), else an InputError naming it."""
+    if lowering not in MODEL_LOWERINGS:
+        raise InputError(f"{model}: unknown conv_lowering {lowering!r}; choose one of {MODEL_LOWERINGS}")
+    return lowering
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", lowering: str = "auto") -> jax.Array:
     """NHWC x HWIO convolution through the chosen lowering."""
     if lowering not in LOWERINGS:
-        raise ValueError(f"unknown conv lowering {lowering!r}; choose one of {LOWERINGS}")
+        raise InputError(f"unknown conv lowering {lowering!r}; choose one of {LOWERINGS}")
     if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"conv2d: input {x.shape} (NHWC) does not match kernel {kernel.shape} (HWIO)")
     strides = tuple(strides)
     if lowering == "auto":
         common_dtype = x.dtype if x.dtype == kernel.dtype else None
-        lowering = _forced[0] or choose_lowering(x.shape, kernel.shape, strides, padding, dtype=common_dtype)
+        lowering = choose_lowering(x.shape, kernel.shape, strides, padding, dtype=common_dtype)
     if lowering == "xla":
         return lax.conv_general_dilated(
             x, kernel, window_strides=strides, padding=resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides),
@@ -199,8 +194,10 @@ def max_pool(x: jax.Array, window=(3, 3), strides=(2, 2), padding="SAME", loweri
     """Max-pool (NHWC). On CPU ('im2col') as an elementwise max over shifted slices with a
     hand-written backward (`_slice_max_pool`): XLA's CPU select-and-scatter, and the
     select chain that autodiff makes of the slices, are both ~10x slower than it."""
+    if lowering not in MODEL_LOWERINGS:
+        raise InputError(f"unknown max-pool lowering {lowering!r}; choose one of {MODEL_LOWERINGS}")
     if lowering == "auto":
-        lowering = _forced[0] or ("xla" if jax.default_backend() != "cpu" else "im2col")
+        lowering = "xla" if jax.default_backend() != "cpu" else "im2col"
     if lowering == "xla":
         return nn.max_pool(x, tuple(window), tuple(strides), padding=padding)
     window, strides = tuple(window), tuple(strides)
@@ -253,7 +250,8 @@ _slice_max_pool.defvjp(_slice_max_pool_fwd, _slice_max_pool_bwd)
 
 
 class Conv(nn.Module):
-    """2-D convolution, NHWC, with nn.Conv's parameter layout and initialisers."""
+    """2-D convolution, NHWC, with nn.Conv's parameter layout and initialisers; `lowering`
+    one of LOWERINGS ('auto': the measured rule)."""
 
     features: int
     kernel_size: Sequence[int] = (3, 3)

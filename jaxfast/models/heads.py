@@ -78,9 +78,12 @@ def create_cnn(
     ps: float = 0.5,
     concat_pool: bool = True,
     bn_final: bool = False,
+    conv_lowering: str | None = None,
 ) -> CNN:
     """fastai's create_cnn: the registered `body_arch` cut before its pooling
-    (`include_top=False`) with the cnn head for `n_classes` on top."""
-    body = build_model(body_arch, {**(body_config or {}), "include_top": False})
+    (`include_top=False`) with the cnn head for `n_classes` on top. `conv_lowering`, when
+    given, goes into the body's config (`jaxfast.models.conv`; the body must accept it)."""
+    lowering = {} if conv_lowering is None else {"conv_lowering": conv_lowering}
+    body = build_model(body_arch, {**(body_config or {}), **lowering, "include_top": False})
     head = CnnHead(n_classes, tuple(lin_ftrs), ps, concat_pool, bn_final)
     return CNN(body, head)

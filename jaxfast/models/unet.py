@@ -23,7 +23,8 @@ Memory: the full-resolution res block dominates. Its 3x3 convs take the Winograd
 CPU (jaxfast.models.conv), whose transformed maps are 2.25x the activation (CamVid at
 360x480, bs 8: ~1.2 GB each), against 9x for im2col. Measured at that size: 11.8 GiB of XLA
 temporaries per train step against 6.0 GiB with every conv on XLA, for a 2.9-3.8x faster
-step (benchmarks/RESULTS.md); `forced_lowering("xla")` trades the speed back for memory.
+step (benchmarks/RESULTS.md); `conv_lowering="xla"` (a config key of `unet`, passed to the
+encoder and to every decoder conv) trades the speed back for memory.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfast.models.conv import Conv
+from jaxfast.models.conv import Conv, check_model_lowering
 from jaxfast.models.layers import KAIMING_FAN_IN as KAIMING  # torch's kaiming_normal_ (fastai's conv init)
 from jaxfast.models.layers import batch_norm, scale_to_range
 from jaxfast.models.registry import build_model, register
@@ -93,12 +94,13 @@ class ConvLayer(nn.Module):
     features: int
     kernel: int = 3
     activation: bool = True
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         pad = (self.kernel - 1) // 2
         x = Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                 kernel_init=KAIMING, name="conv")(x)
+                 kernel_init=KAIMING, lowering=self.conv_lowering, name="conv")(x)
         return nn.relu(x) if self.activation else x
 
 
@@ -109,11 +111,12 @@ class PixelShuffleICNR(nn.Module):
     features: int
     scale: int = 2
     blur: bool = False
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         x = Conv(self.features * self.scale**2, (1, 1), padding="VALID", kernel_init=icnr_init(self.scale),
-                 name="conv")(x)
+                 lowering=self.conv_lowering, name="conv")(x)
         x = pixel_shuffle(nn.relu(x), self.scale)
         return blur_shuffled(x) if self.blur else x
 
@@ -123,34 +126,39 @@ class UnetBlock(nn.Module):
 
     final_div: bool = True
     blur: bool = False
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, up_in, skip, train: bool = False):
-        up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, name="shuf")(up_in)
+        low = self.conv_lowering
+        up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, conv_lowering=low, name="shuf")(up_in)
         up_out = resize_nearest(up_out, skip.shape[1:3])  # sizes not multiples of 32, as fastai
         x = nn.relu(jnp.concatenate([up_out, _decoder_bn(train, "bn")(skip)], axis=-1))
         n_in = x.shape[-1]
         features = n_in if self.final_div else n_in // 2
-        return ConvLayer(features, name="conv2")(ConvLayer(features, name="conv1")(x))
+        x = ConvLayer(features, conv_lowering=low, name="conv1")(x)
+        return ConvLayer(features, conv_lowering=low, name="conv2")(x)
 
 
 class ResBlock(nn.Module):
     """fastai `res_block(nf, norm_type=None, bottle)`: x + conv_layer(conv_layer(x))."""
 
     bottle: bool = False
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         n = x.shape[-1]
-        inner = ConvLayer(n // 2 if self.bottle else n, name="conv1")(x)
-        return x + ConvLayer(n, name="conv2")(inner)
+        inner = ConvLayer(n // 2 if self.bottle else n, conv_lowering=self.conv_lowering, name="conv1")(x)
+        return x + ConvLayer(n, conv_lowering=self.conv_lowering, name="conv2")(inner)
 
 
 class DynamicUnet(nn.Module):
     """fastai's DynamicUnet on an `encoder` returning feature maps, finest first (see the module
     docstring). The output has the input's size and `n_classes` channels; with sizes that are
     not multiples of the encoder's stride (32 for a ResNet) the upsampled maps are resized
-    (PyTorch's nearest) to the skip maps and the input, as fastai does."""
+    (PyTorch's nearest) to the skip maps and the input, as fastai does. `conv_lowering` is the
+    decoder's (the encoder has its own field; the `unet` factory sets both)."""
 
     encoder: nn.Module
     n_classes: int
@@ -159,9 +167,11 @@ class DynamicUnet(nn.Module):
     y_range: tuple[float, float] | None = None
     last_cross: bool = True
     bottle: bool = False
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        low = check_model_lowering(self.conv_lowering, "DynamicUnet")
         features = self.encoder(x, train)
         if not isinstance(features, (list, tuple)) or len(features) < 2:
             raise ValueError("DynamicUnet's encoder must return its feature maps, finest first "
@@ -169,16 +179,16 @@ class DynamicUnet(nn.Module):
         *skips, deepest = features
         n = deepest.shape[-1]
         y = nn.relu(_decoder_bn(train, "bn")(deepest))
-        y = ConvLayer(n, name="middle_1")(ConvLayer(2 * n, name="middle_0")(y))
+        y = ConvLayer(n, conv_lowering=low, name="middle_1")(ConvLayer(2 * n, conv_lowering=low, name="middle_0")(y))
         for i, skip in enumerate(reversed(skips)):
             not_final = i != len(skips) - 1
             y = UnetBlock(final_div=not_final, blur=self.blur and (not_final or self.blur_final),
-                          name=f"blocks_{i}")(y, skip, train)
+                          conv_lowering=low, name=f"blocks_{i}")(y, skip, train)
         if y.shape[1:3] != x.shape[1:3]:
-            y = resize_nearest(PixelShuffleICNR(y.shape[-1], name="shuf")(y), x.shape[1:3])
+            y = resize_nearest(PixelShuffleICNR(y.shape[-1], conv_lowering=low, name="shuf")(y), x.shape[1:3])
         if self.last_cross:
-            y = ResBlock(self.bottle, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1))
-        y = ConvLayer(self.n_classes, kernel=1, activation=False, name="final")(y)
+            y = ResBlock(self.bottle, low, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1))
+        y = ConvLayer(self.n_classes, kernel=1, activation=False, conv_lowering=low, name="final")(y)
         return scale_to_range(y, self.y_range)
 
 
@@ -190,11 +200,15 @@ def unet_layer_groups(model: DynamicUnet) -> LayerGroups:
 
 @register("unet")
 def dynamic_unet(encoder_arch: str = "resnet34", n_classes: int = 2, blur: bool = False, blur_final: bool = True,
-                 y_range=None, last_cross: bool = True, bottle: bool = False) -> DynamicUnet:
-    """fastai's unet_learner model: the registered ResNet `encoder_arch`, cut, under a DynamicUnet."""
-    encoder = build_model(encoder_arch, {"include_top": False})
+                 y_range=None, last_cross: bool = True, bottle: bool = False,
+                 conv_lowering: str = "auto") -> DynamicUnet:
+    """fastai's unet_learner model: the registered ResNet `encoder_arch`, cut, under a DynamicUnet;
+    `conv_lowering` goes to the encoder's config and to every decoder conv."""
+    conv_lowering = check_model_lowering(conv_lowering, "unet")
+    encoder = build_model(encoder_arch, {"include_top": False, "conv_lowering": conv_lowering})
     if not hasattr(encoder, "return_features"):
         raise ValueError(f"unet: encoder {encoder_arch!r} cannot return its feature maps; use an ImageNet ResNet "
                          "(resnet18, resnet34, resnet50)")
     y_range = None if y_range is None else (float(y_range[0]), float(y_range[1]))
-    return DynamicUnet(encoder.clone(return_features=True), n_classes, blur, blur_final, y_range, last_cross, bottle)
+    return DynamicUnet(encoder.clone(return_features=True), n_classes, blur, blur_final, y_range, last_cross, bottle,
+                       conv_lowering)
