@@ -34,10 +34,19 @@ from jaxfast.data.mnist import MNIST_URL, TRAIN_IMAGES
 from jaxfast.vision import transforms as T
 from jaxfast.vision.folders import ImageSplit, ImageSplits, find_images
 
-try:  # tf.data only feeds the host; never let TensorFlow claim an accelerator from JAX
-    tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-    pass
+
+@functools.cache
+def hide_accelerators_from_tensorflow() -> None:
+    """Make TensorFlow see no GPU, once, before this module's first TF tensor or dataset.
+
+    Why: tf.data only feeds the host, and a TensorFlow that initialises its GPU devices
+    claims the accelerator's memory that JAX uses. Called lazily (not at import) so that
+    importing the module changes nothing; TF only accepts it before its devices are
+    initialised, so later calls, or a TF already initialised elsewhere, leave it as is."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):  # devices already initialised: nothing left to change
+        pass
 
 SOURCE_KINDS = ("files", "encoded", "pixels")
 
@@ -71,6 +80,7 @@ class ImageSource:
     @functools.cached_property
     def tensors(self) -> tuple[tf.Tensor, tf.Tensor]:
         """(items, labels) as eager tf tensors, made once and shared by every epoch's pipeline."""
+        hide_accelerators_from_tensorflow()
         with tf.init_scope():  # eager even when first asked for inside a traced map function
             return tf.constant(self.items), tf.constant(self.labels.astype(np.int32))
 
@@ -184,6 +194,7 @@ class ImageLoader:
 
     def dataset(self, epoch: int = 0, start: int = 0, stop: int | None = None) -> tf.data.Dataset:
         """Batches start..stop-1 of `epoch` as a tf.data pipeline (decode, augment, batch, prefetch)."""
+        hide_accelerators_from_tensorflow()
         stop = len(self) if stop is None else min(stop, len(self))
         index, mask = self.plan(epoch)
         rows = slice(start * self.batch_size, stop * self.batch_size)
@@ -277,6 +288,7 @@ def image_databunch(
     See `find_images` for the layouts and `sources_databunch` for `loader_options`
     (size, batch_size, tfms, stats, ...). A test/<class> folder becomes `extra['test']`.
     """
+    hide_accelerators_from_tensorflow()  # find_images verifies the files through tf.data
     found = find_images(folder, csv=csv, label_re=label_re, valid_pct=valid_pct, seed=seed, verify=verify)
     log(found.note)
     return splits_databunch(found, seed=seed, **loader_options)
@@ -329,6 +341,7 @@ def load_tfds_images(name: str, split: str, tfds_data_dir: str | Path | None = N
     """
     import tensorflow_datasets as tfds
 
+    hide_accelerators_from_tensorflow()
     entry = _entry(name)
     builder = tfds.builder(name, data_dir=None if tfds_data_dir is None else str(tfds_data_dir))
     if not builder.is_prepared():
@@ -363,6 +376,7 @@ def catalog_databunch(
     """
     import tensorflow_datasets as tfds
 
+    hide_accelerators_from_tensorflow()  # before tfds or find_images run TensorFlow
     entry = _entry(name)
     if data_dir is not None and not tfds.builder(name, data_dir=str(data_dir)).is_prepared():
         options = dict(entry.folder)
