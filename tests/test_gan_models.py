@@ -9,7 +9,8 @@ import pytest
 
 from jaxfast.errors import InputError
 from jaxfast.models.gan import basic_critic, basic_generator, gan_critic
-from jaxfast.models.gan_layers import ConvTranspose, NormConv, SelfAttention, kernel_matrix
+from jaxfast.models.gan_layers import (ConvTranspose, NormConv, SelfAttention, conv_transpose2d,
+                                       conv_transpose2d_dilated, kernel_matrix)
 from jaxfast.models.registry import build_model
 from jaxfast.optim import batchnorm_mask
 from test_convert_torch import needs_torch
@@ -48,6 +49,8 @@ def test_basic_generator_and_critic_shapes_at_64px():
         critic.apply(cv, jnp.zeros((2, 32, 32, 3)))
     with pytest.raises(InputError, match="power of 2"):
         basic_generator(48)
+    with pytest.raises(InputError, match="unknown conv_lowering 'winograd'"):
+        build_model("gan_critic", {"conv_lowering": "winograd"}, module="jaxfast.models.gan")
 
 
 def test_small_generator_images_are_in_tanh_range_and_the_critic_scores_them():
@@ -77,7 +80,8 @@ def test_gan_critic_shapes_dropout_and_spectral_stats():
     small = gan_critic(n_channels=3, nf=4, n_blocks=1)  # 32 -> 16 -> 8, 4x4 conv: 5x5
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     v = jax.jit(small.init)(jax.random.key(1), x)
-    assert jax.jit(small.apply)(v, x).shape == (2, 25)
+    infer = jax.jit(small.apply)
+    assert infer(v, x).shape == (2, 25)
     # u, v of every spectral conv sit beside the kernel, never mistaken for BatchNorm params
     assert v["batch_stats"]["initial"]["conv"]["spectral"]["u"].shape == (4,)
     assert not any(jax.tree.leaves(batchnorm_mask(v["params"], v["batch_stats"])))
@@ -88,7 +92,7 @@ def test_gan_critic_shapes_dropout_and_spectral_stats():
     assert not np.allclose(a, b)
     assert not np.allclose(new["batch_stats"]["initial"]["conv"]["spectral"]["u"],
                            v["batch_stats"]["initial"]["conv"]["spectral"]["u"])
-    np.testing.assert_array_equal(jax.jit(small.apply)(v, x), jax.jit(small.apply)(v, x))  # inference
+    np.testing.assert_array_equal(infer(v, x), infer(v, x))  # inference: no dropout, u and v as stored
 
 
 def test_spectral_norm_largest_singular_value_goes_to_one():
@@ -204,3 +208,18 @@ def test_conv_transpose_matches_torch(kernel, stride, padding, size):
         ref.bias.copy_(torch.from_numpy(np.array(v["params"]["bias"])))
     expected = ref(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())).detach().numpy()
     np.testing.assert_allclose(layer.apply(v, x), expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(4, 2, 1, 4), (4, 1, 0, 1), (3, 1, 1, 5), (5, 3, 1, 3),
+                                                        (4, 2, 1, 1)])
+def test_subpixel_transposed_conv_equals_the_dilated_form_forward_and_backward(kernel, stride, padding, size):
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+    fast, plain = (jax.jit(lambda x, w, f=f: f(x, w, stride, padding))
+                   for f in (conv_transpose2d, conv_transpose2d_dilated))
+    np.testing.assert_allclose(fast(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.key(2), plain(x, w).shape)
+    g_fast = jax.grad(lambda x, w: jnp.sum(fast(x, w) * cot), argnums=(0, 1))(x, w)
+    g_plain = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cot), argnums=(0, 1))(x, w)
+    for a, b in zip(g_fast, g_plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
