@@ -53,7 +53,7 @@ def lesson_epoch_times(lesson: str, lowering: str, epochs: int) -> list[float]:
     if (ROOT / "experiments" / f"{lesson}.py").exists() and data.exists():
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", f"experiments.{lesson}", "--data-dir", str(data), "--epochs", str(epochs),
-                   "--workdir", tmp, "--no-progress", "--top-losses", "1"]
+                   "--workdir", tmp, "--train.no-progress", "--top-losses", "1"]
             cmd += [] if lowering == "auto" else ["--conv-lowering", lowering]  # the experiment's config field
             subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
             import pandas as pd

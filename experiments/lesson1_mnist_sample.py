@@ -44,6 +44,8 @@ class Config:
     max_train_rows: int | None = None
     """Use only N training images, drawn evenly over the (3s first) list (the tiny variant)."""
     top_losses: int = 9
+    conv_lowering: str = "auto"
+    """auto (the measured per-shape rule) | xla | im2col: every conv's lowering (benchmarks compare them)."""
 
 
 TINY = Config(train=TrainConfig(progress=False), arch="simple_cnn", batch_size=16, epochs=1, max_train_rows=128,
@@ -67,7 +69,8 @@ def main(config: Config, workdir: Path) -> dict:
     data = make_data(config)
     print(f"train {data.train.num_rows} images, valid {data.valid.num_rows} images, {len(data.train)} steps/epoch")
     pretrained = config.pretrained or False
-    learn = cnn_learner(data, config.arch, pretrained, metrics=["accuracy"], config=config.train, workdir=workdir)
+    learn = cnn_learner(data, config.arch, pretrained, metrics=["accuracy"], conv_lowering=config.conv_lowering,
+                        config=config.train, workdir=workdir)
     if not pretrained:
         print(f"== {config.arch} from scratch: fit_one_cycle({config.epochs}, {config.lr}), all groups")
         learn.fit_one_cycle(config.epochs, config.lr)

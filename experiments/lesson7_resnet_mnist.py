@@ -34,6 +34,8 @@ class Config:
     """The loop's options; train.seed also draws the 8k/2k split when only the test images are there."""
     widths: tuple[int, int, int, int] = (8, 16, 32, 16)
     """Channels of the four conv2 + res_block stages (28 -> 14 -> 7 -> 4 -> 2, then conv2 to 1 x 1)."""
+    conv_lowering: str = "auto"
+    """auto (the measured per-shape rule) | xla | im2col: every conv's lowering (benchmarks compare them)."""
     batch_size: int = 128
     epochs: int = 12
     lr: float = 0.05
@@ -96,7 +98,8 @@ def main(config: Config, workdir: Path) -> dict:
     data, note = make_data(config)
     print(note)
     print(f"train {data.train.num_rows} rows, valid {data.valid.num_rows} rows, {len(data.train)} steps/epoch")
-    spec = ModelSpec("mnist_resnet", {"widths": list(config.widths), "n_classes": len(data.train.classes)})
+    spec = ModelSpec("mnist_resnet", {"widths": list(config.widths), "n_classes": len(data.train.classes),
+                                      "conv_lowering": config.conv_lowering})
     learn = Learner(spec, data, "cross_entropy", ["accuracy"], config=config.train, workdir=workdir)
     print(f"== mnist_resnet{config.widths} from scratch: fit_one_cycle({config.epochs}, {config.lr})")
     learn.fit_one_cycle(config.epochs, config.lr)

@@ -23,9 +23,11 @@ BODY_CONFIGS = {"simple_cnn": {"features": [16, 32, 64], "bn": True}}
 
 
 def cnn_spec(arch: str, n_classes: int, *, lin_ftrs: Sequence[int] = (512,), ps: float = 0.5, bn_final: bool = False,
-             concat_pool: bool = True, body_config: dict | None = None) -> ModelSpec:
+             concat_pool: bool = True, body_config: dict | None = None, conv_lowering: str = "auto") -> ModelSpec:
     """The registered `cnn` model: the body `arch` cut before its pooling, fastai's head on top."""
     body = BODY_CONFIGS.get(arch, {}) if body_config is None else body_config
+    if conv_lowering != "auto":
+        body = {**body, "conv_lowering": conv_lowering}
     return ModelSpec("cnn", {"body_arch": arch, "n_classes": n_classes, "body_config": dict(body),
                              "lin_ftrs": list(lin_ftrs), "ps": ps, "concat_pool": concat_pool, "bn_final": bn_final})
 
@@ -33,8 +35,8 @@ def cnn_spec(arch: str, n_classes: int, *, lin_ftrs: Sequence[int] = (512,), ps:
 def cnn_learner(
     data, base_arch: str = "resnet34", pretrained: bool | str = True, *, metrics: Sequence = (),
     lin_ftrs: Sequence[int] = (512,), ps: float = 0.5, bn_final: bool = False, concat_pool: bool = True,
-    body_config: dict | None = None, loss: str | Callable = "cross_entropy", config: TrainConfig = TrainConfig(),
-    workdir: str | Path | None = None, log: Callable[[str], None] = print,
+    body_config: dict | None = None, conv_lowering: str = "auto", loss: str | Callable = "cross_entropy",
+    config: TrainConfig = TrainConfig(), workdir: str | Path | None = None, log: Callable[[str], None] = print,
 ) -> Learner:
     """fastai's cnn_learner on an image DataBunch (its loaders know the classes, size and stats).
 
@@ -44,7 +46,7 @@ def cnn_learner(
     fastai does (`learn.unfreeze()` trains it)."""
     pretrained = _resolved(pretrained, base_arch)
     spec = cnn_spec(base_arch, len(data.train.classes), lin_ftrs=lin_ftrs, ps=ps,
-                    bn_final=bn_final, concat_pool=concat_pool, body_config=body_config)
+                    bn_final=bn_final, concat_pool=concat_pool, body_config=body_config, conv_lowering=conv_lowering)
     model = spec.build()
     learn = Learner(spec, data, loss, metrics, layer_groups=cnn_layer_groups(model), config=config, workdir=workdir,
                     log=log, export_meta=image_meta)
@@ -56,7 +58,8 @@ def cnn_learner(
 def unet_learner(
     data, base_arch: str = "resnet34", pretrained: bool | str = True, *, metrics: Sequence = (), blur: bool = False,
     blur_final: bool = True, y_range: tuple[float, float] | None = None, last_cross: bool = True, bottle: bool = False,
-    n_classes: int | None = None, loss: str | Callable = "cross_entropy", config: TrainConfig = TrainConfig(),
+    n_classes: int | None = None, conv_lowering: str = "auto", loss: str | Callable = "cross_entropy",
+    config: TrainConfig = TrainConfig(),
     workdir: str | Path | None = None, log: Callable[[str], None] = print,
 ) -> Learner:
     """fastai's unet_learner: a DynamicUnet on the ResNet `base_arch` (encoder pretrained as in
@@ -65,7 +68,7 @@ def unet_learner(
     pretrained = _resolved(pretrained, base_arch)
     spec = ModelSpec("unet", {"encoder_arch": base_arch, "n_classes": n_classes, "blur": blur, "blur_final": blur_final,
                               "y_range": None if y_range is None else list(y_range), "last_cross": last_cross,
-                              "bottle": bottle})
+                              "bottle": bottle, "conv_lowering": conv_lowering})
     model = spec.build()
     learn = Learner(spec, data, loss, metrics, layer_groups=unet_layer_groups(model), config=config, workdir=workdir,
                     log=log, export_meta=segmentation_meta)
