@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,8 @@ def create_app(export, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, clean_fo
                 if isinstance(upload, UploadFile) and upload.filename:
                     data = await upload.read()
                     result = await run_in_threadpool(predictor.predict_bytes, data, upload.filename)
-                    mime = upload.content_type if (upload.content_type or "").startswith("image/") else "image/png"
+                    mime = upload.content_type or ""
+                    mime = mime if re.fullmatch(r"image/[\w.+-]+", mime) else "image/png"
                     image = f"data:{mime};base64," + base64.b64encode(data).decode()
                     return page(result, image=image, values=values)
             result = await _read_item(predictor, request)
@@ -266,7 +268,7 @@ def cleaning_routes(cleaning: dict, classes) -> list[Route]:
             cleaner.decide(decisions, suspect.path, action, label, classes)
             cleaner.write_decisions(cleaning["csv"], decisions)
         except (JaxfastError, ValueError) as error:
-            return HTMLResponse(f"<p>error: {error}</p><p><a href='/clean'>back</a></p>", 400)
+            return HTMLResponse(f"<p>error: {escape(str(error))}</p><p><a href='/clean'>back</a></p>", 400)
         return RedirectResponse(f"/clean#suspect-{rank}", 303)
 
     async def image(request: Request):

@@ -116,7 +116,8 @@ def test_cleaning_page_records_decisions(trained, tmp_path):
     moved = client.post("/clean", data={"rank": "0", "action": "relabel", "label": "blue"}, follow_redirects=False)
     assert moved.status_code == 303 and moved.headers["location"] == "/clean#suspect-0"
     assert client.post("/clean", data={"rank": "1", "action": "delete"}).status_code == 200
-    assert client.post("/clean", data={"rank": "2", "action": "relabel", "label": "green"}).status_code == 400
+    green = client.post("/clean", data={"rank": "2", "action": "relabel", "label": "<i>green"})
+    assert green.status_code == 400 and "&lt;i&gt;green" in green.text
     assert client.post("/clean", data={"rank": "x", "action": "keep"}).status_code == 400
     decisions = cleaner.read_decisions(out)
     assert decisions[first.path] == cleaner.Decision("blue", "relabel") and len(decisions) == 2

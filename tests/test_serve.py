@@ -92,6 +92,8 @@ def test_health_and_image_predictions(image_export):
         assert list(probs.values()) == sorted(probs.values(), reverse=True)  # most likely first
     page = client.post("/", files={"file": ("photo.png", png_bytes(True), "image/png")})
     assert page.status_code == 200 and "id='prediction'>red<" in page.text and "data:image/png;base64," in page.text
+    sneaky = client.post("/", files={"file": ("<b>x.png", png_bytes(True), "image/png' onerror='alert(1)")})
+    assert "onerror" not in sneaky.text and "data:image/png;base64," in sneaky.text  # nothing injected
 
 
 def test_bad_uploads_get_clear_4xx_never_500(image_export):
@@ -123,10 +125,19 @@ def test_bad_uploads_get_clear_4xx_never_500(image_export):
     assert page.status_code == 400 and "id='error'" in page.text and "cannot read holiday.jpg" in page.text
 
 
+def income_frame(n: int, seed: int):
+    """A tabular problem with a learnable rule: the class depends on a category and a number."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    job, age = rng.choice(["a", "b", "c"], n), rng.uniform(20, 60, n)
+    rich = (job == "a") ^ (age > 40)
+    return pd.DataFrame({"job": job, "age": age, "noise": rng.normal(size=n),
+                         "salary": np.where(rich, ">=50k", "<50k")})
+
+
 @pytest.fixture(scope="module")
 def tabular_export(tmp_path_factory) -> Path:
-    from test_factories import income_frame
-
     from jaxfast.tabular import TabularProcessor, TabularTarget, split_random, tabular_databunch, tabular_learner
 
     train, valid = split_random(income_frame(600, 0), 0.2, seed=0)
@@ -154,6 +165,25 @@ def test_tabular_rows_as_json_and_as_the_page_form(tabular_export):
     assert "<option value='a'>" in form  # known categories are offered
     page = client.post("/", files={"job": (None, "b"), "age": (None, "55"), "noise": (None, "0")})
     assert page.status_code == 200 and "id='prediction'>&gt;=50k<" in page.text
+
+
+def test_collab_pairs_as_json_and_as_the_page_form(tmp_path):
+    from jaxfast.collab import collab_learner, generate_ratings, prepare
+
+    data = prepare(generate_ratings(seed=0), valid_pct=0.1, seed=42)
+    learn = collab_learner(data.bunch(64, seed=0), n_factors=4, y_range=(0, 5.5), config=QUIET, log=lambda _: None)
+    learn.fit_one_cycle(1, 1e-2)
+    client = TestClient(create_app(learn.export(tmp_path / "export")))
+    user, item = str(data.ratings.users[0]), str(data.ratings.items[0])
+    body = client.post("/predict", json={"user": user, "item": item}).json()
+    assert body["probabilities"] == {} and body["label"] == body["value"] and 0.0 <= body["value"] <= 5.5
+    unknown = client.post("/predict", json={"user": "no such user", "item": item})
+    assert unknown.status_code == 400 and "no such user" in unknown.json()["error"]
+    half = client.post("/predict", json={"user": user})
+    assert half.status_code == 400 and "missing item" in half.json()["error"]
+    assert "name='user'" in client.get("/").text and "name='item'" in client.get("/").text
+    page = client.post("/", files={"user": (None, user), "item": (None, item)})
+    assert page.status_code == 200 and f"id='prediction'>{body['value']:.4g}<" in page.text
 
 
 class TextLearner:

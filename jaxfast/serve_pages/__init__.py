@@ -95,7 +95,7 @@ def predict_page(form: ItemForm, classes, result: dict | None = None, error: str
     if error is not None:
         body.append(f"<div class='card'><div class='error' id='error' role='alert'>{escape(error)}</div></div>")
     if result is not None:
-        preview = f"<img class='preview' src='{image}' alt='uploaded image'>" if image else ""
+        preview = f"<img class='preview' src='{escape(image)}' alt='uploaded image'>" if image else ""
         body.append(f"<div class='card' id='result'>{preview}{_result(result)}<div style='clear:both'></div></div>")
     body.append("<p class='muted'>JSON API: <code>POST /predict</code> &middot; <code>GET /health</code>"
                 + (" &middot; <a href='/clean'>clean the data</a>" if has_cleaner else "") + "</p>")
