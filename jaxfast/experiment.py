@@ -31,6 +31,7 @@ except ImportError:  # not POSIX: runs are not locked
 import tyro
 
 from jaxfast.errors import JaxfastError
+from jaxfast.preemption import Preempted
 
 ConfigT = TypeVar("ConfigT")
 
@@ -151,7 +152,8 @@ def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, 
 
     `main` returns the final metrics (a flat dict of numbers). Expected failures (a
     `JaxfastError`: dataset unavailable, diverged loss, bad input or config, workdir in use)
-    end with a one-line message and exit 2; anything else keeps its traceback.
+    end with a one-line message and exit 2; anything else keeps its traceback. A SIGTERM
+    saves a checkpoint at the next step and exits 0 (rerun to resume).
     """
     config = parse_config(default, tiny, args)
     workdir = Path(config.run.workdir or Path("runs") / type(config).__module__.split(".")[-1])
@@ -162,6 +164,9 @@ def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, 
             final = main(config, workdir)
             seconds = time.time() - start
             write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
+    except Preempted as stop:
+        print(f"preempted: {stop}", flush=True)
+        raise SystemExit(0) from stop
     except JaxfastError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

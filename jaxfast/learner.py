@@ -43,6 +43,7 @@ from jaxfast.models.registry import ModelSpec
 from jaxfast.parallel import make_runner
 from jaxfast.pending import Pending
 from jaxfast.phases import PhaseMismatch, check_phase, signature
+from jaxfast.preemption import Preempted, StopRequest, stop_requests
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
 from jaxfast.train_config import TrainConfig
@@ -303,7 +304,8 @@ class Learner:
             return
         dstate = self.runner.put_state(copy_tree(state))
         try:
-            dstate = self._epochs(index, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms)
+            with stop_requests() as stop:
+                dstate = self._epochs(index, dstate, n_epochs, start_epoch, start_batch, partial, lrs, moms, stop)
         except TrainingDiverged:
             if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
                 # The last good weights, under this phase's optimizer with fresh statistics:
@@ -316,8 +318,10 @@ class Learner:
             self.recorder.plot_schedule(self.workdir / "schedule.png")
             self._log_tensorboard(None, plots=("losses.png", "schedule.png"))
 
-    def _epochs(self, phase: int, dstate, n_epochs: int, start_epoch: int, start_batch: int, partial, lrs, moms):
-        """The epochs of one phase, from (start_epoch, start_batch); returns the device state."""
+    def _epochs(self, phase: int, dstate, n_epochs: int, start_epoch: int, start_batch: int, partial, lrs, moms,
+                stop: StopRequest):
+        """The epochs of one phase, from (start_epoch, start_batch); returns the device state.
+        A stop request (SIGTERM) saves a checkpoint after the current step and raises Preempted."""
         train, runner = self.data.train, self.runner
         lr_log, mom_log = self._schedule_log(lrs[-1], moms, n_epochs * len(train))
         columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
@@ -349,6 +353,10 @@ class Learner:
                     for b, dbatch in enumerate(batches, start=first):
                         dstate, device_metrics = runner.train_step(dstate, dbatch)
                         pending.add(b, device_metrics)
+                        if stop.requested:
+                            pending.flush()
+                            self._save(dstate, phase, epoch, b + 1, tuple(sums))
+                            raise Preempted(self._preempted_message(stop, data_epoch, b + 1))
                         if every and self.checkpointer and (len(self.recorder.losses) + len(pending)) % every == 0 \
                                 and b + 1 < len(train):
                             pending.flush()
@@ -444,6 +452,13 @@ class Learner:
             "recorder": self.recorder.to_dict(),
         }
         self.checkpointer.save(self.runner.get_state(dstate), meta, metrics)
+
+    def _preempted_message(self, stop: StopRequest, epoch: int, batch: int) -> str:
+        where = f"stopped by {stop.name} after epoch {epoch}, batch {batch}"
+        if self.checkpointer is None:
+            return f"{where}; no workdir, so nothing was saved"
+        return (f"{where}; checkpoint step {self.checkpointer.latest_step()} saved in {self.checkpointer.directory}: "
+                "run the same command again to resume")
 
     def _diverged_message(self, loss: float, epoch: int, batch: int) -> str:
         where = f"loss became {loss} at epoch {epoch}, batch {batch}"
