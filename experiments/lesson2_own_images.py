@@ -40,6 +40,9 @@ class Config:
     """A CSV in --data-dir with file names (relative to it) and labels (fastai's from_csv)."""
     label_re: str | None = None
     """Labels from file names with this regex's first group (fastai's from_name_re)."""
+    cleaned: str | None = None
+    """The decisions CSV of the image cleaner (python -m jaxfast.vision.cleaner EXPORT DATA, or the serve app's
+    /clean page): deleted files are left out, relabelled ones take their new class; the files are never touched."""
     valid_pct: float | None = None
     """Random validation share when there is no valid folder or is_valid column (default 0.2)."""
     split_seed: int = 42
@@ -89,7 +92,7 @@ def make_data(config: Config, workdir: Path):
         folder = write_synthetic_images(workdir / "synthetic_images", seed=config.train.seed)
     return image_databunch(
         folder, csv=config.csv, label_re=config.label_re, valid_pct=config.valid_pct, seed=config.split_seed,
-        verify=True, size=config.size, batch_size=config.batch_size, tfms=get_transforms(), stats="imagenet",
+        verify=True, cleaned=config.cleaned, size=config.size, batch_size=config.batch_size, tfms=get_transforms(), stats="imagenet",
     )
 
 

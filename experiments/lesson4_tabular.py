@@ -1,8 +1,12 @@
 """Lesson 4 (tabular): does a person earn >= $50k? Adult census data, fastai's TabularModel.
 
 fastai: FillMissing, Categorify, Normalize on 6 categorical and 3 continuous columns, layers
-[200, 100], learn.fit(1, 1e-2): accuracy 0.820 on 200 validation rows. Here the validation
-split is a seeded random 20% of the rows (6,512 of fastai's 32,561), and `--test-csv` (e.g.
+[200, 100], learn.fit(1, 1e-2): accuracy 0.820 on 200 validation rows (that recipe here:
+0.836 on a held-out 20% of adult.data, 0.837 on UCI's adult.test). The default keeps the
+lesson's model and procs but reads every column of the census (capital gains and losses,
+hours per week and sex carry much of the signal) and trains fit_one_cycle(5, 1e-2): 0.857
+and 0.847 on the held-out 20% of two seeds' splits (--source uci; fastai 2.8.12: 0.8517 on
+adult.test). The validation split is a seeded random 20% of the rows, and `--test-csv` (e.g.
 UCI's adult.test) is evaluated too. The export (workdir/export) predicts CSV rows with
 `python -m jaxfast.predict`.
 """
@@ -32,25 +36,28 @@ class Config:
     """fastai_sample: the lesson's adult.csv; uci: adult.data (+ adult.test as the test split when present)."""
     test_csv: str | None = None
     """A labelled CSV in any Adult layout (e.g. UCI's adult.test) evaluated as the test split."""
-    cat_names: tuple[str, ...] = ("workclass", "education", "marital-status", "occupation", "relationship", "race")
-    cont_names: tuple[str, ...] = ("age", "fnlwgt", "education-num")
+    cat_names: tuple[str, ...] = ("workclass", "education", "marital-status", "occupation", "relationship", "race",
+                                  "sex", "native-country")
+    """Every categorical column of the census (the lesson used the first six)."""
+    cont_names: tuple[str, ...] = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+    """Every continuous column (the lesson used the first three)."""
     valid_pct: float = 0.2
     layers: tuple[int, ...] = (200, 100)
     ps: tuple[float, ...] | None = None
     """Dropout per hidden layer (none, as in the lesson)."""
     emb_drop: float = 0.0
     batch_size: int = 64
-    epochs: int = 1
+    epochs: int = 5
     lr: float = 1e-2
-    one_cycle: bool = False
-    """fit_one_cycle instead of the lesson's constant-rate fit."""
+    one_cycle: bool = True
+    """fit_one_cycle (the default here); --no-one-cycle --epochs 1 is the lesson's fit(1, 1e-2)."""
     max_rows: int | None = None
     """Use only the first N rows of the training file (before the split)."""
     tfds_data_dir: str | None = None
     """tfds data dir for the download path (default ~/tensorflow_datasets)."""
 
 
-TINY = Config(train=TrainConfig(progress=False), batch_size=8, valid_pct=0.25, layers=(16, 8))
+TINY = Config(train=TrainConfig(progress=False), batch_size=8, valid_pct=0.25, layers=(16, 8), epochs=1)
 
 
 def main(config: Config, workdir: Path) -> dict:

@@ -51,15 +51,14 @@ class LoadedLearner:
 
     # ---- per kind ---------------------------------------------------------------------
     def _image(self, item) -> np.ndarray:
-        from jaxfast.vision.predict_images import load_image
+        from jaxfast.vision.predict_images import _reason, load_image
 
         if isinstance(item, np.ndarray):
             return item.astype(np.float32)
         try:
             return load_image(str(item), self.exported.meta)
         except Exception as error:  # noqa: BLE001 - TF and PIL raise many kinds; all mean "not an image"
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"cannot read {item} as an image: {reason}") from error
+            raise InputError(f"cannot read {item} as an image: {_reason(error)}") from error
 
     def _predict_image(self, item):
         probs = _softmax(self.exported.predict(self._image(item)[None])[0])

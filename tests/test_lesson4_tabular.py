@@ -1,5 +1,6 @@
 """Lesson 4 tabular experiment: tiny runs on the builder's dummy data, and the real Adult data
-(../shared/data/adult) learning to >= 0.80 validation accuracy in one epoch."""
+(../shared/data/adult): the default recipe (every column, fit_one_cycle(5, 1e-2)) above 0.84
+validation accuracy, the lesson's fit(1, 1e-2) on its 6 + 3 columns above 0.80."""
 
 import io
 import json
@@ -65,13 +66,13 @@ def test_offline_without_data_dir_fails_fast(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_real_adult_learns_in_one_epoch(tmp_path):
+def test_real_adult_default_recipe(tmp_path):
     data = SHARED_DATA / "adult"
     if not data.exists():
         pytest.skip(f"real data set {data} is absent (it lives beside the repo in ../shared/data)")
     workdir = tmp_path / "adult"
     final = run_lesson("--data-dir", str(data), "--workdir", str(workdir), "--train.no-progress")
-    assert final["valid_accuracy"] >= 0.80  # fastai: 0.820 on 200 rows; here 6,512 random rows
+    assert final["valid_accuracy"] >= 0.84  # seen 0.857 (lesson's recipe: 0.836); fastai: 0.820 on 200 rows
     rows = tmp_path / "rows.csv"
     pd.read_csv(data / "adult_sample" / "adult.csv").iloc[:300].to_csv(rows, index=False)
     code, table, _ = predict_csv(workdir / "export", rows)
@@ -84,5 +85,8 @@ def test_real_adult_uci_file_with_its_header_line(tmp_path):
     data = SHARED_DATA / "adult"
     if not (data / "adult.data").exists():
         pytest.skip(f"real data set {data / 'adult.data'} is absent")
-    final = run_lesson("--data-dir", str(data), "--source", "uci", "--workdir", str(tmp_path / "uci"), "--train.no-progress")
+    lesson = ["--no-one-cycle", "--epochs", "1", "--cat-names", "workclass", "education", "marital-status",
+              "occupation", "relationship", "race", "--cont-names", "age", "fnlwgt", "education-num"]
+    final = run_lesson("--data-dir", str(data), "--source", "uci", "--workdir", str(tmp_path / "uci"),
+                       "--train.no-progress", *lesson)
     assert final["valid_accuracy"] >= 0.80 and "test_accuracy" not in final  # this copy has no adult.test

@@ -281,16 +281,24 @@ def sources_databunch(
 
 def image_databunch(
     folder: str | Path, *, csv: str | None = None, label_re: str | None = None, valid_pct: float | None = None,
-    seed: int = 0, verify: bool = True, log: Callable[[str], None] = print, **loader_options,
+    seed: int = 0, verify: bool = True, log: Callable[[str], None] = print, cleaned: str | Path | None = None,
+    **loader_options,
 ) -> DataBunch:
     """fastai's ImageDataBunch.from_folder / from_csv / from_name_re on an own image folder.
 
     See `find_images` for the layouts and `sources_databunch` for `loader_options`
     (size, batch_size, tfms, stats, ...). A test/<class> folder becomes `extra['test']`.
+    `cleaned`: the CSV of decisions written by the image cleaner (`python -m
+    jaxfast.vision.cleaner`): deleted files are left out, relabelled ones take their new class.
     """
+    from jaxfast.vision.cleaner import apply_cleaning
+
     hide_accelerators_from_tensorflow()  # find_images verifies the files through tf.data
     found = find_images(folder, csv=csv, label_re=label_re, valid_pct=valid_pct, seed=seed, verify=verify)
     log(found.note)
+    if cleaned is not None:
+        found = apply_cleaning(found, cleaned, folder)
+        log(f"cleaning decisions applied from {cleaned}")
     return splits_databunch(found, seed=seed, **loader_options)
 
 
