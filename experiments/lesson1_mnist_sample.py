@@ -4,7 +4,7 @@ fastai: ImageDataBunch.from_folder(ds_tfms=(rand_pad(2, 28), []), bs=64) normali
 imagenet stats, cnn_learner(resnet18) and learn.fit(2) on a pretrained, frozen body.
 Here the body is trained from scratch unless --pretrained is given: no pretrained body,
 every group trains with fit_one_cycle; with one, the body is frozen and `fit` runs as in
-the lesson. A random zoom up to 1.1 (random centre) stands in for rand_pad(2, 28).
+the lesson, with the lesson's rand_pad(2, 28) (reflection padding, then a random crop).
 Data: --data-dir with mnist_sample.npz or fastai's train/{3,7}, valid/{3,7} PNG folders,
 else tfds `mnist` filtered to 3s and 7s (the same 12,396 / 2,038 images).
 """
@@ -18,9 +18,9 @@ from jaxfast import experiment
 from jaxfast.data.mnist import load_mnist_sample
 from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import TrainConfig
-from jaxfast.vision import ImageSource, cnn_learner, get_transforms, interpret_to_pngs, sources_databunch
+from jaxfast.vision import ImageSource, cnn_learner, interpret_to_pngs, rand_pad, sources_databunch
 
-RAND_PAD_STANDIN = get_transforms(do_flip=False, max_rotate=0.0, max_zoom=1.1, max_lighting=0.0, max_warp=0.0)
+RAND_PAD = rand_pad(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ def make_data(config: Config):
         x_train, y_train = x_train[::step][: config.max_train_rows], y_train[::step][: config.max_train_rows]
     train = ImageSource("pixels", x_train[..., None], y_train, splits.classes, "train")
     valid = ImageSource("pixels", splits.x_valid[..., None], splits.y_valid, splits.classes, "valid")
-    return sources_databunch(train, valid, size=config.size, batch_size=config.batch_size, tfms=RAND_PAD_STANDIN,
+    return sources_databunch(train, valid, size=config.size, batch_size=config.batch_size, tfms=RAND_PAD,
                              stats="imagenet", seed=config.train.seed)
 
 

@@ -227,3 +227,28 @@ def test_real_image_augments_within_range():
     outs = [T.train_transform(image, key(i), 64, FULL).numpy() for i in range(2)]
     assert all(0.0 <= out.min() and out.max() <= 1.0 for out in outs)
     assert np.abs(outs[0] - outs[1]).mean() > 0.01
+
+
+@pytest.mark.parametrize("mode", ["zeros", "border", "reflection"])
+def test_rand_pad_shifts_by_whole_pixels_and_fills_by_the_padding_mode(mode):
+    """fastai's rand_pad(2, 28, mode): the picture moves by at most 2 whole pixels each way and
+    what comes in from outside is zeros, the edge pixels, or their mirror image."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(20, 236, size=(28, 28, 3)).astype(np.uint8)
+    shifts = set()
+    for seed in range(12):
+        out = T.train_transform(tf.constant(pixels), tf.constant([seed, 7]), 28, T.rand_pad(2, mode)).numpy()
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.allclose(out[2:26, 2:26], pixels[2 + dy:26 + dy, 2 + dx:26 + dx] / 255.0, atol=1e-5)]
+        assert len(found) == 1, (seed, found)
+        dy, dx = found[0]
+        shifts.add((dy, dx))
+        padded = np.pad(pixels / 255.0, ((2, 2), (2, 2), (0, 0)),
+                        mode={"zeros": "constant", "border": "edge", "reflection": "symmetric"}[mode])
+        np.testing.assert_allclose(out, padded[2 + dy:30 + dy, 2 + dx:30 + dx], atol=1e-5)
+    assert len(shifts) >= 5  # the crops really move around
+
+
+def test_padding_mode_is_checked():
+    with pytest.raises(ValueError, match="padding_mode"):
+        T.get_transforms(padding_mode="wrap")

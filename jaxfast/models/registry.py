@@ -22,6 +22,7 @@ _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 FAMILIES: dict[str, tuple[str, ...]] = {
     "awd_lstm": ("awd_lstm_lm", "awd_lstm_clas"),
     "collab": ("embedding_dot_bias", "embedding_nn"),
+    "gan": ("basic_generator", "basic_critic", "gan_critic"),
     "heads": ("cnn",),
     "mlp": ("logistic", "mlp"),
     "resnet": ("resnet18", "resnet34", "resnet50", *(f"cifar_resnet{d}" for d in (20, 32, 44, 56))),

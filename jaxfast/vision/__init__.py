@@ -40,6 +40,7 @@ _EXPORTS = {
     "NO_AUGMENTATION": "transforms",
     "TransformConfig": "transforms",
     "get_transforms": "transforms",
+    "rand_pad": "transforms",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,6 +24,8 @@ import tensorflow as tf
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 RESIZE_METHODS = ("crop", "squish", "pad")
+# fastai's padding modes -> TF's fill modes for the projective sampler.
+PADDING_MODES = {"reflection": "REFLECT", "border": "NEAREST", "zeros": "CONSTANT"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +40,14 @@ class TransformConfig:
     max_warp: float = 0.2
     p_affine: float = 0.75
     p_lighting: float = 0.75
+    pad: int = 0  # fastai's rand_pad(pad, size): pad by `pad` pixels, then a random crop back to size
+    padding_mode: str = "reflection"  # reflection (mirrored at the border) | border (edge pixels) | zeros
 
     def __post_init__(self):
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {tuple(PADDING_MODES)}, got {self.padding_mode!r}")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0 pixels, got {self.pad}")
         if self.max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
         if not 0.0 <= self.max_lighting < 1.0:
@@ -52,6 +60,13 @@ class TransformConfig:
 def get_transforms(**overrides) -> TransformConfig:
     """fastai's `get_transforms(...)`: the default training augmentation, with overrides."""
     return TransformConfig(**overrides)
+
+
+def rand_pad(padding: int, mode: str = "reflection") -> TransformConfig:
+    """fastai's `rand_pad(padding, size, mode)` alone (lesson 7's MNIST): pad by `padding`
+    pixels, then crop back to the loader's size at a random place; no other augmentation."""
+    return TransformConfig(do_flip=False, max_rotate=0.0, max_zoom=1.0, max_lighting=0.0, max_warp=0.0,
+                           pad=padding, padding_mode=mode)
 
 
 FASTAI_TRANSFORMS = TransformConfig()
@@ -126,13 +141,18 @@ def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
 # ---- random draws -------------------------------------------------------------------
 # Each example gets N_DRAWS uniforms; every transform reads its own slot of them.
 SLOTS = {"crop": (0, 2), "flip": (2, 1), "vflip": (3, 1), "rotate": (4, 2), "zoom": (6, 4),
-         "warp": (10, 5), "lighting": (15, 4), "transpose": (19, 1)}
-N_DRAWS = 20
+         "warp": (10, 5), "lighting": (15, 4), "transpose": (19, 1), "pad": (20, 2)}
+FIRST_DRAWS, N_DRAWS = 20, 22
 
 
 def draws(key: tf.Tensor, n: int) -> tf.Tensor:
-    """float64 uniforms [n, N_DRAWS] from a stateless key: row i belongs to example i."""
-    return tf.random.stateless_uniform([n, N_DRAWS], seed=key, dtype=tf.float64)
+    """float64 uniforms [n, N_DRAWS] from a stateless key: row i belongs to example i. The
+    slots added later (rand_pad's) come from a key of their own, so that the earlier slots
+    draw what they always drew."""
+    first = tf.random.stateless_uniform([n, FIRST_DRAWS], seed=key, dtype=tf.float64)
+    later_key = tf.random.experimental.stateless_fold_in(tf.cast(key, tf.int64), 1)
+    later = tf.random.stateless_uniform([n, N_DRAWS - FIRST_DRAWS], seed=later_key, dtype=tf.float64)
+    return tf.concat([first, later], axis=1)
 
 
 def slot(u: tf.Tensor, name: str) -> list[tf.Tensor]:
@@ -238,7 +258,15 @@ def geometry_matrix(u: tf.Tensor, out_hw, config: TransformConfig) -> tf.Tensor:
     geometric = geometric @ rotate_matrix(slot(u, "rotate"), config.max_rotate, config.p_affine, hw)
     geometric = geometric @ zoom_matrix(slot(u, "zoom"), config.max_zoom, config.p_affine)
     geometric = geometric @ warp_matrix(slot(u, "warp"), config.max_warp, config.p_affine)
-    return unit_to_window(hw) @ geometric @ pixel_to_unit(hw)
+    return unit_to_window(hw) @ geometric @ pixel_to_unit(hw) @ pad_shift_matrix(slot(u, "pad"), config.pad)
+
+
+def pad_shift_matrix(u: list[tf.Tensor], pad: int) -> tf.Tensor:
+    """fastai's rand_pad(pad, size) as a whole-pixel shift of the output by up to `pad` pixels
+    each way (padding by `pad`, then cropping `size` at a random place, is the same picture);
+    what comes in from outside is filled by the padding mode."""
+    dx, dy = (tf.round((2.0 * v - 1.0) * pad) for v in u)
+    return _mat([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]], like=u[0])
 
 
 def place_window(matrix: tf.Tensor, u: tf.Tensor, in_hw: tf.Tensor, out_hw) -> tf.Tensor:
@@ -305,7 +333,7 @@ def apply_augment(image: tf.Tensor, params: dict, size, config: TransformConfig,
     """Decoded image + one example's augment_params -> float32 [h, w, 3] in [0, 1]."""
     resized = resize(image, size, method)
     matrix = place_window(params["matrix"], params["draws"], tf.shape(resized)[:2], size)
-    out = apply_projective(resized, matrix, size)
+    out = apply_projective(resized, matrix, size, PADDING_MODES[config.padding_mode])
     if config.max_lighting > 0 and config.p_lighting > 0:
         out = apply_lighting(out, params["lighting"])
     return tf.clip_by_value(out, 0.0, 1.0)
