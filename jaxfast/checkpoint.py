@@ -10,13 +10,16 @@ checkpoint saved on one device count restores onto another.
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxfast.errors import JaxfastError
 from jaxfast.state import TrainState
 
 ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "carry")
@@ -27,18 +30,38 @@ def state_arrays(state: TrainState) -> dict:
     return {name: getattr(state, name) for name in ARRAY_FIELDS}
 
 
+class CheckpointWriteError(JaxfastError):
+    """A checkpoint could not be written (e.g. a full disk); the earlier ones are intact."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error`, or one it was raised from, says the disk is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "ENOSPC" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class Checkpointer:
-    """Saves every call to `save`, keeps the latest one plus the best `keep_best` by `monitor`.
+    """Saves every call to `save`, keeps the `keep_latest` latest ones (the one before the
+    latest is the fallback when the latest cannot be read) plus the best `keep_best` by
+    `monitor`.
 
     `mode` is 'min' (e.g. valid_loss) or 'max' (e.g. accuracy). Checkpoints saved without
-    metrics (mid-epoch saves) are kept only while they are the latest.
+    metrics (mid-epoch saves) are kept only while they are among the latest.
     """
 
-    def __init__(self, directory: str | Path, monitor: str | None = None, mode: str = "min", keep_best: int = 1):
+    def __init__(self, directory: str | Path, monitor: str | None = None, mode: str = "min", keep_best: int = 1,
+                 keep_latest: int = 2):
         if mode not in ("min", "max"):
             raise ValueError(f"checkpoint mode must be 'min' or 'max', got {mode!r}")
         self.monitor, self.mode = monitor, mode
-        keep = [policies.LatestN(n=1)]
+        keep = [policies.LatestN(n=keep_latest)]
         if monitor is not None and keep_best > 0:
             keep.append(
                 policies.BestN(
@@ -59,7 +82,28 @@ class Checkpointer:
             create=True,
         )
         self.directory = Path(directory).absolute()
+        self._options = options
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_readable(self, log=print) -> int | None:
+        """The latest step whose arrays and meta read back whole. An unreadable one (truncated
+        or corrupted on disk) is said, moved aside to `<directory>.unreadable/` (never
+        deleted), and the previous one is tried; None when no checkpoint is left."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                      meta=ocp.args.JsonRestore()))
+                return step
+            except Exception as error:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for a damaged file
+                aside = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(step)), str(aside))
+                reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+                log(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); moved it to {aside} "
+                    "and falling back to the previous checkpoint")
+                self._manager.close()
+                self._manager = ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "meta"))
+        return None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -81,13 +125,23 @@ class Checkpointer:
             value = metrics.get(self.monitor)
             if value is None or not math.isfinite(value):
                 metrics = None  # unrankable: keep it only as the latest
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state_arrays(state)), meta=ocp.args.JsonSave(meta)),
-            metrics=metrics if self.monitor is not None else None,
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state_arrays(state)), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics if self.monitor is not None else None,
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - a full disk surfaces from Orbax/TensorStore in several forms
+            if not _disk_full(error):
+                raise
+            previous = [s for s in self.all_steps() if s != step]
+            raise CheckpointWriteError(
+                f"the disk holding {self.directory} is full: checkpoint step {step} could not be written"
+                + (f"; the previous checkpoint (step {max(previous)}) is intact" if previous else "")
+                + ". Free some space and run the same command again to resume"
+            ) from error
         return step
 
     def read_meta(self, step: int | None = None) -> dict | None:

@@ -103,7 +103,7 @@ class Learner:
             self.checkpointer = Checkpointer(
                 self.workdir / "checkpoints", config.monitor, config.monitor_mode, config.keep_best
             )
-            self._resume_meta = self.checkpointer.read_meta()
+            self._resume_meta = self.checkpointer.read_meta(self.checkpointer.latest_readable(self.log))
             if self._resume_meta is not None:
                 if "plan" not in self._resume_meta:
                     raise PhaseMismatch(f"{self.checkpointer.directory} was written by an older jaxfast without "

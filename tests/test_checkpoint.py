@@ -22,7 +22,7 @@ def test_keeps_latest_and_best_by_metric(tmp_path):
     accuracies = {10: 0.5, 20: 0.9, 30: 0.7, 40: 0.8, 50: 0.6}
     for step, acc in accuracies.items():
         ckpt.save(make_state(step), {"epoch": step // 10}, {"accuracy": acc})
-    assert ckpt.all_steps() == [20, 40, 50]  # best two (0.9, 0.8) + the latest
+    assert ckpt.all_steps() == [20, 40, 50]  # best two (0.9, 0.8) + the two latest
     assert ckpt.best_step() == 20 and ckpt.latest_step() == 50
     assert ckpt.read_meta(20) == {"epoch": 2}
 
@@ -33,7 +33,7 @@ def test_min_mode_and_unrankable_saves(tmp_path):
     ckpt.save(make_state(2), {}, {"valid_loss": 0.1})
     ckpt.save(make_state(3), {}, None)  # a mid-epoch save: kept only while it is the latest
     ckpt.save(make_state(4), {}, {"valid_loss": float("nan")})
-    assert ckpt.all_steps() == [2, 4]
+    assert ckpt.all_steps() == [2, 3, 4]  # the best, and the two latest (3 is dropped at the next save)
     assert ckpt.best_step() == 2
 
 
@@ -62,4 +62,5 @@ def test_best_survives_a_restart(tmp_path):
     first.close()
     second = Checkpointer(tmp_path, monitor="accuracy", mode="max", keep_best=1)  # a resumed run
     second.save(make_state(3), {}, {"accuracy": 0.6})
-    assert second.all_steps() == [1, 3] and second.best_step() == 1
+    second.save(make_state(4), {}, {"accuracy": 0.7})
+    assert second.all_steps() == [1, 3, 4] and second.best_step() == 1
