@@ -21,6 +21,7 @@ from jaxfast.experiment import Run, RunConfig, print_results
 from jaxfast.learner import Learner, TrainConfig
 from jaxfast.models.registry import ModelSpec
 from jaxfast.vision import interpret_to_pngs
+from jaxfast.vision.predict_images import image_export_meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +101,17 @@ def main(config: Config, workdir: Path) -> dict:
     print(f"train {data.train.num_rows} rows, valid {data.valid.num_rows} rows, {len(data.train)} steps/epoch")
     spec = ModelSpec("mnist_resnet", {"widths": list(config.widths), "n_classes": len(data.train.classes),
                                       "conv_lowering": config.conv_lowering})
-    learn = Learner(spec, data, "cross_entropy", ["accuracy"], config=config.train, workdir=workdir)
+    meta = image_export_meta(data.train.classes, (28, 28), ((data.train.stats[0],), (data.train.stats[1],)),
+                             "squish", channels=1)  # greyscale, normalised with the training digits' own stats
+    learn = Learner(spec, data, "cross_entropy", ["accuracy"], config=config.train, workdir=workdir,
+                    export_meta=meta)
     print(f"== mnist_resnet{config.widths} from scratch: fit_one_cycle({config.epochs}, {config.lr})")
     learn.fit_one_cycle(config.epochs, config.lr)
     results = learn.evaluate_all()
     print_results(results)
     interpret_to_pngs(learn, workdir, config.top_losses, 2)
+    path = learn.export(workdir / "export")
+    print(f"export: {path} (predict PNG digits with: python -m jaxfast.predict {path} DIGITS...)")
     return results
 
 

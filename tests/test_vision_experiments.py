@@ -229,6 +229,13 @@ def test_lesson6_pets_more_figures_progressive_resizing_and_tta(tmp_path, jax_ca
     check_resumes("lesson6_pets_more", workdir, jax_cache, final)
 
 
+def learn_free_predictions(loaded, splits) -> list:
+    """The export's classes for the first 8 valid digits, fed as the training pipeline feeds them."""
+    (mean,), (std,) = loaded.exported.meta["stats"]
+    x = ((splits.x_valid[:8].astype(np.float32) / 255.0 - mean) / std)[..., None]
+    return [int(i) for i in loaded.exported.predict(x).argmax(-1)]
+
+
 def test_lesson7_resnet_mnist_on_fake_idx_files(tmp_path, jax_cache, fake_mnist_dir):
     from jaxfast.data.mnist import load_mnist
 
@@ -236,7 +243,19 @@ def test_lesson7_resnet_mnist_on_fake_idx_files(tmp_path, jax_cache, fake_mnist_
     args = ("--data-dir", str(fake_mnist_dir))
     proc = run("lesson7_resnet_mnist", workdir, jax_cache, *args)
     assert "train 256 rows, valid 160 rows, 8 steps/epoch" in proc.stdout
-    final = check_run(proc, workdir, 1, majority_share(load_mnist(str(fake_mnist_dir), seed=0).y_valid))
+    splits = load_mnist(str(fake_mnist_dir), seed=0)
+    final = check_run(proc, workdir, 1, majority_share(splits.y_valid))
     assert set(final) == {"valid_loss", "valid_accuracy"}
     check_resumes("lesson7_resnet_mnist", workdir, jax_cache, final, *args)
+    # The export takes greyscale PNG digits, normalised with the training digits' statistics.
+    from jaxfast import load_learner
+
+    loaded = load_learner(workdir / "export")
+    assert loaded.exported.meta["channels"] == 1 and len(loaded.exported.meta["stats"][0]) == 1
+    digits = [tmp_path / f"digit{i}.png" for i in range(8)]
+    for path, pixels in zip(digits, splits.x_valid):
+        Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+    predicted = [loaded.predict(str(path))[1] for path in digits]
+    direct = learn_free_predictions(loaded, splits)
+    assert predicted == direct  # the file path and the arrays the run validated on agree
 

@@ -39,16 +39,19 @@ class ImagePrediction:
     error: str | None = None
 
 
-def image_export_meta(classes, size, stats, resize_method: str = "crop") -> dict:
-    """What prediction needs besides the weights: classes, input (h, w), (mean, std) or None."""
-    if stats is not None and (len(stats) != 2 or len(stats[0]) != 3 or len(stats[1]) != 3):
-        raise InputError(f"stats must be None or (mean[3], std[3]), got {stats!r}")
+def image_export_meta(classes, size, stats, resize_method: str = "crop", channels: int = 3) -> dict:
+    """What prediction needs besides the weights: classes, input (h, w), (mean, std) per
+    channel or None, and the channels the model takes (3, or 1 for greyscale models)."""
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
+    if stats is not None and (len(stats) != 2 or len(stats[0]) != channels or len(stats[1]) != channels):
+        raise InputError(f"stats must be None or (mean[{channels}], std[{channels}]), got {stats!r}")
     if resize_method not in T.RESIZE_METHODS:
         raise InputError(f"resize_method must be one of {T.RESIZE_METHODS}, got {resize_method!r}")
     return {
         "kind": KIND, "classes": [str(c) for c in classes], "input_size": list(T.as_hw(size)),
         "stats": None if stats is None else [[float(v) for v in stats[0]], [float(v) for v in stats[1]]],
-        "resize_method": resize_method,
+        "resize_method": resize_method, "channels": channels,
     }
 
 
@@ -78,11 +81,13 @@ def expand_inputs(inputs) -> list[str]:
 
 
 def load_image(path: str, meta: dict) -> np.ndarray:
-    """float32 [h, w, 3] input of the export's model for one file (raises on a bad file)."""
+    """float32 [h, w, channels] input of the export's model for one file (raises on a bad file)."""
     if Path(path).is_dir():
         raise InputError(f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     image = T.decode_image(tf.io.read_file(path))
     image = T.eval_transform(image, meta["input_size"], meta.get("resize_method", "crop"))
+    if meta.get("channels", 3) == 1:
+        image = tf.image.rgb_to_grayscale(image)
     if meta.get("stats") is not None:
         image = T.normalize(image, *meta["stats"])
     return image.numpy()
