@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -41,12 +40,12 @@ from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
 from jaxfast.metrics import Metric, add_stats, finalize_all, get_metrics
 from jaxfast.models.registry import ModelSpec
 from jaxfast.parallel import make_runner
-from jaxfast.pending import Pending
+from jaxfast.pending import Pending, fetch_numpy, leading_size
 from jaxfast.phases import PhaseMismatch, check_phase, signature
 from jaxfast.preemption import Preempted, StopRequest, stop_requests
 from jaxfast.recorder import Recorder, format_header, format_row
 from jaxfast.state import Task, copy_tree, create_train_state
-from jaxfast.train_config import TrainConfig
+from jaxfast.train_config import TrainConfig, early_stop
 
 
 class Learner:
@@ -237,7 +236,7 @@ class Learner:
             losses.append(loss[real])
             targets.append(jax.tree.map(lambda t: np.asarray(t)[real], host_batch["targets"]))
 
-        pending = Pending(_fetch, keep, self.runner.sync_each_step)
+        pending = Pending(fetch_numpy, keep, self.runner.sync_each_step)
         for batch in loader.batches(0):
             host = {"mask": np.asarray(batch["mask"]), "targets": batch["targets"]}
             pending.add(host, self.runner.outputs_step(dstate, self.runner.put_batch(batch)))
@@ -246,7 +245,7 @@ class Learner:
 
     def predict(self, inputs) -> np.ndarray:
         """Model outputs for a batch of inputs (any leading size), through the runner."""
-        n = _leading_size(inputs)
+        n = leading_size(inputs, "predict")
         pad = -n % self.runner.n_devices
         if pad:
             inputs = jax.tree.map(lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), inputs)
@@ -323,7 +322,8 @@ class Learner:
         """The epochs of one phase, from (start_epoch, start_batch); returns the device state.
         A stop request (SIGTERM) saves a checkpoint after the current step and raises Preempted."""
         train, runner = self.data.train, self.runner
-        lr_log, mom_log = self._schedule_log(lrs[-1], moms, n_epochs * len(train))
+        total = n_epochs * len(train)
+        lr_log, mom_log = optim.schedule_values(lrs[-1], total), optim.schedule_values(moms, total)  # the last group's
         columns = ["epoch", "train_loss", "valid_loss", *self.metric_names, "time"]
         self.log(format_header(columns))
         best, bad_epochs = None, 0
@@ -372,7 +372,7 @@ class Learner:
             self.recorder.add_epoch(row)
             self.log(format_row(row, columns))
             self._log_tensorboard(row)
-            best, bad_epochs, stop_now = self._early_stop(row, best, bad_epochs)
+            best, bad_epochs, stop_now = early_stop(self.config, row, best, bad_epochs)
             self._save(dstate, phase, n_epochs if stop_now else epoch + 1, 0, (0.0, 0.0), metrics=row)
             if self.workdir is not None:
                 self.recorder.write_csv(self.workdir / "history.csv")
@@ -408,19 +408,6 @@ class Learner:
             return prefetch(batches, self.runner.put_batch, ahead)
         return (self.runner.put_batch(batch) for batch in batches)
 
-    @staticmethod
-    def _schedule_log(lr, mom, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """The last group's lr and the momentum at every step of a phase, evaluated once
-        (vectorised) instead of per step on the host."""
-        steps = jnp.arange(max(total_steps, 1))
-
-        def values(schedule):
-            if callable(schedule):
-                return np.asarray(schedule(steps), np.float64)
-            return np.full(len(steps), float(schedule))
-
-        return values(lr), values(mom)
-
     def _log_tensorboard(self, row: dict | None, plots: Sequence[str] = ()) -> None:
         """The steps' loss/lr/momentum not logged yet, an epoch's row, and PNG plots, at the
         global step (a resumed run continues the same curves; see jaxfast.tensorboard)."""
@@ -433,16 +420,6 @@ class Learner:
         for name in plots:
             self.tensorboard.image_png(f"plots/{Path(name).stem}", self.workdir / name, len(rec.losses))
         self.tensorboard.flush()
-
-    def _early_stop(self, row: dict, best, bad_epochs: int):
-        patience = self.config.early_stopping_patience
-        value = row.get(self.config.monitor)
-        if patience is None or value is None:
-            return best, bad_epochs, False
-        sign = 1.0 if self.config.monitor_mode == "min" else -1.0
-        if best is None or sign * (best - value) > self.config.early_stopping_min_delta:
-            return value, 0, False
-        return best, bad_epochs + 1, bad_epochs + 1 >= patience
 
     def _save(self, dstate, phase: int, epoch: int, batch: int, partial: tuple, metrics: dict | None = None) -> None:
         if self.checkpointer is None:
@@ -468,18 +445,6 @@ class Learner:
             f"{where}; training stopped, the last good checkpoint (step {self.checkpointer.latest_step()}) "
             f"is kept in {self.checkpointer.directory} (lower the learning rate?)"
         )
-
-
-def _fetch(results: list) -> list:
-    """Device results -> numpy trees, in one transfer."""
-    return jax.tree.map(np.asarray, jax.device_get(results))
-
-
-def _leading_size(tree) -> int:
-    sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree)}
-    if len(sizes) != 1:
-        raise ValueError(f"predict: the inputs disagree on the number of rows: {sorted(sizes)}")
-    return sizes.pop()
 
 
 def optim_placeholder():

@@ -21,7 +21,6 @@ import numpy as np
 import optax
 
 from jaxfast.errors import InputError
-from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups  # noqa: F401 - the groups' data, beside their optimizer code
 
 FROZEN = "frozen"
 
@@ -76,6 +75,15 @@ def one_cycle_momentum(total_steps: int, pct_start=0.3, moms=(0.95, 0.85)) -> op
     phases as `one_cycle_lr` (momentum is low while the learning rate is high)."""
     hi, lo = moms
     return _two_phase_cos(hi, lo, hi, total_steps, pct_start)
+
+
+def schedule_values(schedule, total_steps: int) -> np.ndarray:
+    """A schedule (or a constant) at steps 0..total_steps-1, evaluated once, vectorised: what
+    the recorder logs for a phase, without calling the schedule on the host every step."""
+    steps = jnp.arange(max(total_steps, 1))
+    if callable(schedule):
+        return np.asarray(schedule(steps), np.float64)
+    return np.full(len(steps), float(schedule))
 
 
 def discriminative_lrs(lr: float | slice, n_groups: int) -> list[float]:

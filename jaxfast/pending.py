@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
+import numpy as np
+
+from jaxfast.errors import InputError
+
 # Steps dispatched ahead of the host reading their results.
 STEPS_IN_FLIGHT = 4
 
@@ -45,3 +50,16 @@ class Pending:
             return
         for (key, _), result in zip(done, self._fetch([r for _, r in done])):
             self._on_result(key, result)
+
+
+def fetch_numpy(results: list) -> list:
+    """Device results -> numpy trees, in one transfer."""
+    return jax.tree.map(np.asarray, jax.device_get(results))
+
+
+def leading_size(tree, what: str) -> int:
+    """The number of rows every leaf of `tree` has (InputError naming `what` when they differ)."""
+    sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise InputError(f"{what}: the inputs disagree on the number of rows: {sorted(sizes)}")
+    return sizes.pop()

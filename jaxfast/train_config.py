@@ -42,3 +42,16 @@ class TrainConfig:
     without, for a 0.6 ms tabular step)."""
     tensorboard: bool = True
     """TensorBoard event files in <workdir>/tensorboard (with a workdir)."""
+
+
+def early_stop(config: TrainConfig, row: dict, best, bad_epochs: int) -> tuple:
+    """(best, bad_epochs, stop now) after an epoch's `row`: early stopping on `config.monitor`
+    once it has not improved by `early_stopping_min_delta` for `early_stopping_patience` epochs."""
+    patience = config.early_stopping_patience
+    value = row.get(config.monitor)
+    if patience is None or value is None:
+        return best, bad_epochs, False
+    sign = 1.0 if config.monitor_mode == "min" else -1.0
+    if best is None or sign * (best - value) > config.early_stopping_min_delta:
+        return value, 0, False
+    return best, bad_epochs + 1, bad_epochs + 1 >= patience

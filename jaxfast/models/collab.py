@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxfast.models.layers import emb_sz_rule, scale_to_range, trunc_normal

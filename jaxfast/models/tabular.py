@@ -13,7 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfast.models.layers import batch_norm, emb_sz_rule
+from jaxfast.models.layers import batch_norm, emb_sz_rule  # noqa: F401 - emb_sz_rule: read from here by callers
 from jaxfast.models.registry import register
 
 

@@ -28,7 +28,6 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxfast.data.download import check_reachable
 from jaxfast.errors import JaxfastError
