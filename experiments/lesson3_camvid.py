@@ -11,15 +11,16 @@ random), then the learner's data is swapped for a new bunch at `--large-size` an
 unfrozen phase runs there. Each phase's signature (jaxfast.phases) records the data's batch
 size and batches per epoch, so a rerun resumes either stage at the exact batch.
 
-The default is the CPU budget: a ResNet-18 U-Net from scratch, 96x128 then 192x256 (a
-quarter and half of SegNet's 360x480, both exact scales: nothing is padded). Scores are
+The default is the CPU budget (30 minutes on 2 cores): a ResNet-18 U-Net from scratch, 8
+epochs at 96x128 then 3 at 144x192 (0.27 and 0.4 of SegNet's 360x480, both exact scales:
+nothing is padded); fastai's sizes are --small-size 192 240 --large-size 384 480. Scores are
 given twice: at the loader's size (the loop's metrics) and at each image's own size (logits
 resized back to the 360x480 mask: `full_*` keys), which is what CamVid's benchmark counts.
 Sizes that are not multiples of 32 work: resize method 'pad' keeps the scale and pads with
 void (e.g. --large-size 384 480: 360 rows + 12 + 12 reflected rows whose mask is void, never
 scored), and the U-Net resizes unequal maps. Memory on CPU (XLA's temporaries of one
 ResNet-18 U-Net training step, from the compiled step's memory analysis): 3.2 GiB at 192x256
-and batch 8 (the default's stage 2), 6.0 GiB at CamVid's full 384x480 and batch 4, 12.3 GiB
+and batch 8, 6.0 GiB at CamVid's full 384x480 and batch 4, 12.3 GiB
 at batch 8 (a ResNet-34 U-Net there: 11.8 GiB, 15 GB resident, benchmarks/RESULTS.md);
 `--large-batch-size` sets it.
 
@@ -62,12 +63,12 @@ class Config:
     """Encoder weights: a name (resnet34, ...) or a .pth/.safetensors file; absent: from scratch."""
     small_size: tuple[int, int] = (96, 128)
     """Stage 1's (height, width)."""
-    large_size: tuple[int, int] = (192, 256)
+    large_size: tuple[int, int] = (144, 192)
     """Stage 2's (height, width): a new data bunch (fastai's full size is 360x480 -> --large-size 384 480)."""
     resize_method: Literal["pad", "squish", "crop"] = "pad"
     batch_size: int = 8
     large_batch_size: int = 8
-    epochs1: int = 10
+    epochs1: int = 8
     """Stage 1: fit_one_cycle(epochs1, slice(lr), pct_start=0.9), frozen when pretrained."""
     epochs2: int = 3
     """Stage 2: unfreeze, fit_one_cycle(epochs2, slice(lr / div_first, lr / div_last), pct_start=0.8)."""

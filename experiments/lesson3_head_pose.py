@@ -49,6 +49,8 @@ class Config:
     batch_size: int = 64
     epochs: int = 5
     lr: float = 2e-2
+    ps: float = 0.5
+    """Dropout of the cnn head (fastai's 0.5; a from-scratch regression trains steadier with 0)."""
     proxy_class: str = "Sky"
     """CamVid proxy: the class whose pixel centroid is the point."""
     min_pixels: int = 500
@@ -98,7 +100,7 @@ def main(config: Config, workdir: Path) -> dict:
                             batch_size=config.batch_size, tfms=get_transforms(), resize_method=config.resize_method,
                             seed=config.train.seed)
     n_outputs = sources["train"].points.shape[1] * 2
-    spec = cnn_spec(config.arch, n_outputs)
+    spec = cnn_spec(config.arch, n_outputs, ps=config.ps)
     meta = image_meta(data, kind="points")
     learn = Learner(spec, data, "mse", ["mse"], layer_groups=cnn_layer_groups(spec.build()), config=config.train,
                     workdir=workdir, export_meta=meta)
