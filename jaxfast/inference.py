@@ -4,7 +4,7 @@
     label, index, probs = learn.predict("some.jpg")
 
 The export's `kind` says what an item is: an image file (image_classifier, segmentation),
-a row (tabular: a dict or a pandas Series/one-row frame), a (user, item) pair (collab).
+a row (tabular: a dict or a pandas Series/one-row frame), a (user, item) pair (collab), a text (text_classifier).
 `predict` returns fastai's triple: (label, index, probabilities) for classes; (value,
 value, [value]) for a regression; (mask, mask, per-pixel probabilities) for segmentation.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from jaxfast.errors import InputError
 from jaxfast.export import ExportedModel, load_export
 
-KINDS = ("image_classifier", "segmentation", "tabular", "collab")
+KINDS = ("image_classifier", "segmentation", "tabular", "collab", "text_classifier")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -46,7 +46,8 @@ class LoadedLearner:
     def predict(self, item):
         """fastai's (label, index, probabilities) for one item (see the module docstring)."""
         predict = {"image_classifier": self._predict_image, "segmentation": self._predict_mask,
-                   "tabular": self._predict_row, "collab": self._predict_pair}[self.kind]
+                   "tabular": self._predict_row, "collab": self._predict_pair,
+                   "text_classifier": self._predict_text}[self.kind]
         return predict(item)
 
     # ---- per kind ---------------------------------------------------------------------
@@ -98,6 +99,11 @@ class LoadedLearner:
             return target.classes[index], index, probs
         value = float(target.decode(outputs[None]).iloc[0, 0])
         return value, value, np.array([value])
+
+    def _predict_text(self, text: str):
+        from jaxfast.text.predict import predict_text_item
+
+        return predict_text_item(self.exported, text)
 
     def _predict_pair(self, pair):
         from jaxfast.collab.data import IdMap

@@ -75,9 +75,17 @@ def predict_image_classifier(exported: ExportedModel, inputs: list[str], out: Te
     return predict_image_export(exported, inputs, out, err, **options)
 
 
+def predict_text_classifier(exported: ExportedModel, inputs: list[str], out: TextIO, err: TextIO, **options) -> int:
+    """.txt files (one text each) or CSVs with a `text` column; imported lazily."""
+    from jaxfast.text.predict import predict_text_files
+
+    return predict_text_files(exported, inputs, out, err)
+
+
 PREDICTORS: dict[str, Callable[..., int]] = {
     "tabular": predict_tabular,
     "image_classifier": predict_image_classifier,
+    "text_classifier": predict_text_classifier,
 }
 
 
