@@ -80,10 +80,11 @@ def _table(path: Path, header: list[str], rows: list[list[str]], title: str) -> 
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG (its folder made if needed) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -126,7 +127,7 @@ def show_batch(data, path=None, rows: int = 3, split: str = "train") -> Path:
         fig, axes = _grid(len(inputs))
         for ax, image, target in zip(axes, inputs, targets):
             _draw_image(ax, image, getattr(loader, "stats", None), target, classes)
-        return _save(fig, path)
+        return save_figure(fig, path)
     header, cells = _columns(data, inputs)
     return _table(path, header + ["target"], [c + [_label(t, None)] for c, t in zip(cells, targets)],
                   f"{split}: first {len(cells)} rows")
@@ -147,7 +148,7 @@ def show_results(learn, path=None, rows: int = 3, split: str = "valid") -> Path:
             for (left, right), image, truth, out in zip(axes, inputs, targets, outputs):
                 _draw_image(left, image, stats, truth, classes, "truth")
                 _draw_image(right, image, stats, out.argmax(-1), classes, "prediction")
-            return _save(fig, path)
+            return save_figure(fig, path)
         fig, axes = _grid(len(inputs))
         for ax, image, truth, out in zip(axes, inputs, targets, outputs):
             if classes is not None and np.ndim(truth) == 0:  # one class: "truth / prediction", red when wrong
@@ -156,7 +157,7 @@ def show_results(learn, path=None, rows: int = 3, split: str = "valid") -> Path:
                             "green" if actual == predicted else "red")
             else:  # points, values or several classes: truth drawn, prediction in the title
                 _draw_image(ax, image, stats, truth, classes, f"prediction {_label(out, None)}")
-        return _save(fig, path)
+        return save_figure(fig, path)
     header, cells = _columns(learn.data, inputs)
     predicted = [_label(np.argmax(o) if classes is not None else o, classes) for o in outputs]
     truth = [_label(t, classes if np.ndim(t) == 0 else None) for t in targets]

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxfast.show import save_figure
+
 
 def _valid_region(source_hw: tuple[int, int], size: tuple[int, int], method: str) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the image inside a `size` eval output (transforms.eval_transform)."""
@@ -104,12 +106,7 @@ def plot_class_ious(class_iou: dict[str, float], path: str | Path, title: str = 
     ax.set_xlim(0, 1)
     ax.set_xlabel("IoU")
     ax.set_title(f"{title} (mean {np.mean(values):.3f})" if values else title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def show_point_results(learn, loader, path: str | Path, n: int = 9) -> Path:
@@ -141,9 +138,4 @@ def show_point_results(learn, loader, path: str | Path, n: int = 9) -> Path:
         ax.set_ylim(hw[0] - 0.5, -0.5)  # a prediction off the image is not drawn; its error says so
         ax.set_title(f"squared error {np.mean((out - truth) ** 2):.4f}", fontsize=8)
     axes.flat[0].legend(fontsize=6, loc="lower left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
