@@ -1,7 +1,9 @@
 """Shared fixtures: where the real datasets live, and small fake data."""
 
+import gc
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,20 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_code():
+    """After each test module, drop JAX's compiled executables and traces. jit caches key on a
+    state's static fields (model, optimizer, task), which are new objects in every test, so a
+    whole suite in one process would otherwise keep every executable it compiled. Each holds
+    memory mappings: at Linux's vm.max_map_count (65,530 by default) LLVM cannot allocate code
+    memory and the process dies of SIGSEGV inside XLA's compiler (a CI run did, at ~57% of the
+    suite; /proc/PID/maps now peaks near 22,000)."""
+    yield
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
