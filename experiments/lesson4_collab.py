@@ -16,6 +16,7 @@ from pathlib import Path
 from jaxfast import experiment
 from jaxfast.collab import CollabData, collab_learner, generate_ratings, load_collab_export, load_ratings, prepare
 from jaxfast.collab.interpret import format_report, interpret, plot_pca
+from jaxfast.distributed import is_primary
 from jaxfast.errors import InputError
 from jaxfast.experiment import Run, RunConfig
 from jaxfast.learner import TrainConfig
@@ -99,7 +100,8 @@ def explain(params, data: CollabData, config: Config, out: Path) -> None:
     """Print and save (interpretation.json, pca.png) the lesson's bias and PCA lists."""
     interp = interpret(params, data, config.top_n, config.n_show, min(10, config.n_show))
     print(format_report(interp))
-    (out / "interpretation.json").write_text(json.dumps(interp.to_json(), indent=1))
+    if is_primary():  # one writer under several processes (save_figure already is one)
+        (out / "interpretation.json").write_text(json.dumps(interp.to_json(), indent=1))
     plot_pca(interp, out / "pca.png")
     print(f"interpretation: {out / 'interpretation.json'}, {out / 'pca.png'}")
 

@@ -35,6 +35,7 @@ from jaxfast.vision.gradcam import grad_cam, plot_gradcam
 from jaxfast.vision.learner import image_meta
 from jaxfast.vision.synthetic import write_synthetic_pets
 from jaxfast.vision.tta import CORNERS, tta_get_preds, tta_views
+from jaxfast.show import save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +103,7 @@ def _grid(images, titles, title: str, path: Path, ncols: int = 4) -> Path:
         ax.imshow(np.clip(image, 0.0, 1.0))
         ax.set_title(name, fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gradcam_figure(learn: Learner, n: int, path: Path) -> Path:

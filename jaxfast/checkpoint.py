@@ -4,8 +4,12 @@ A checkpoint holds the state's arrays (step, params, batch_stats, opt_state, rng
 and a small JSON `meta` (where in the training plan it was taken, the history so
 far). Orbax writes each checkpoint to a temporary folder and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact.
-Restoring takes the shapes, dtypes and shardings from a freshly built state, so a
-checkpoint saved on one device count restores onto another.
+The arrays are saved as host (numpy) copies: a checkpoint holds no device layout, so one
+saved on any device or process count restores onto any other; restoring takes the shapes,
+dtypes and shardings from a freshly built state. Under several processes (jax.distributed)
+every process calls `save` and `restore` (Orbax synchronises them), the state is replicated,
+and process 0 alone writes the arrays and the meta (Orbax's primary host); an unreadable
+checkpoint is moved aside by process 0 alone. The directory must be one that every process sees.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxfast import distributed
 from jaxfast.errors import JaxfastError
 from jaxfast.state import TrainState
 
@@ -28,6 +33,12 @@ ARRAY_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng", "carry")
 def state_arrays(state: TrainState) -> dict:
     """The savable part of a state (its pytree leaves, grouped by field)."""
     return {name: getattr(state, name) for name in ARRAY_FIELDS}
+
+
+def host_arrays(state: TrainState) -> dict:
+    """The savable part of a state as numpy copies (one copy of a replicated array): no device
+    layout is saved, so any device or process count restores it."""
+    return jax.device_get(state_arrays(state))
 
 
 class CheckpointWriteError(JaxfastError):
@@ -96,8 +107,10 @@ class Checkpointer:
                 return step
             except Exception as error:  # noqa: BLE001 - Orbax/TensorStore raise many kinds for a damaged file
                 aside = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(self.directory / str(step)), str(aside))
+                if distributed.is_primary():
+                    aside.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(self.directory / str(step)), str(aside))
+                distributed.barrier(f"checkpoint step {step} moved aside")
                 reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
                 log(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); moved it to {aside} "
                     "and falling back to the previous checkpoint")
@@ -128,7 +141,7 @@ class Checkpointer:
         try:
             self._manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state_arrays(state)), meta=ocp.args.JsonSave(meta)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(host_arrays(state)), meta=ocp.args.JsonSave(meta)),
                 metrics=metrics if self.monitor is not None else None,
                 force=True,
             )

@@ -8,7 +8,12 @@
   `metrics.json` (`{"final": ..., "config": ..., "seconds": ...}`); rerunning the same
   command resumes; a different config in a workdir holding trained work is refused, and so
   is a second run while another one holds the workdir (`workdir_lock`);
-- the last line printed sums up the final metrics.
+- the last line printed sums up the final metrics;
+- devices and processes: `--parallel`/`--mesh-data` (jaxfast.parallel, nested in TrainConfig) and
+  `--coordinator`/`--num-processes`/`--process-id` (jaxfast.distributed, here) are shared by every
+  experiment; they may change between a run and its resume (a checkpoint restores onto another
+  device or process count), so the workdir check ignores them. With several processes, process 0
+  alone prints, locks the workdir and writes config.json and metrics.json.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ except ImportError:  # not POSIX: runs are not locked
 
 import tyro
 
+from jaxfast import distributed
 from jaxfast.errors import JaxfastError
 from jaxfast.preemption import Preempted
 
@@ -47,6 +53,13 @@ class RunConfig:
     (default runs/<experiment>); rerunning the same command there resumes."""
     data_dir: str | None = None
     """A local copy of the data (the experiment's help says which layouts); without it, the download path."""
+    coordinator: str | None = None
+    """Several processes (hosts): process 0's HOST:PORT, the same on every process (or JAXFAST_COORDINATOR).
+    Unset on a TPU VM slice or in a SLURM job: JAX finds them itself. The workdir must be shared by all."""
+    num_processes: int | None = None
+    """The number of processes of a multi-process run (or JAXFAST_NUM_PROCESSES)."""
+    process_id: int | None = None
+    """This process's index, 0 .. num_processes - 1 (or JAXFAST_PROCESS_ID); process 0 writes the outputs."""
 
 
 # Nested in every experiment's config without a prefix: `--workdir`, `--data-dir`.
@@ -103,11 +116,20 @@ def workdir_lock(workdir: Path):
         yield
 
 
-def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("run.workdir", "train.progress")) -> None:
-    """Write config.json, or refuse when the workdir already holds work (checkpoints,
+# Settings a run may change when it resumes: where it writes, the progress bar, its devices and processes.
+RESUME_MAY_CHANGE = ("run.workdir", "train.progress", "train.parallel", "train.parallel.", "run.coordinator",
+                     "run.num_processes", "run.process_id")
+
+
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in ignore)
+
+
+def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = RESUME_MAY_CHANGE, write: bool = True) -> None:
+    """Write config.json (when `write`), or refuse when the workdir already holds work (checkpoints,
     history, metrics) of a run with a different config. A config.json alone, left by a run
     that stopped before training (say, on a missing dataset), is replaced: rerunning with
-    the right --data-dir must not be refused."""
+    the right --data-dir must not be refused. `ignore`: keys, or prefixes ending in '.'."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     holds_work = any(p.is_file() and p != path and not p.name.startswith(".") and not p.name.endswith(".tmp")
@@ -117,7 +139,7 @@ def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("run.wor
         diff = {
             key: (old.get(key), config.get(key))
             for key in sorted(set(old) | set(config))
-            if key not in ignore and old.get(key) != config.get(key)
+            if not _ignored(key, ignore) and old.get(key) != config.get(key)
         }
         if diff:
             details = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
@@ -126,7 +148,8 @@ def check_workdir(workdir: Path, config: dict, ignore: Sequence[str] = ("run.wor
                 "use another --workdir, or delete that folder to start over"
             )
         return
-    write_json_atomic(path, config)
+    if write:
+        write_json_atomic(path, config)
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -156,19 +179,37 @@ def run(main: Callable[[ConfigT, Path], dict], default: ConfigT, tiny: ConfigT, 
     saves a checkpoint at the next step and exits 0 (rerun to resume).
     """
     config = parse_config(default, tiny, args)
-    workdir = Path(config.run.workdir or Path("runs") / type(config).__module__.split(".")[-1])
+    run_config = config.run
+    workdir = Path(run_config.workdir or Path("runs") / type(config).__module__.split(".")[-1])
     start = time.time()
     try:
-        with workdir_lock(workdir):
-            check_workdir(workdir, config_dict(config))
+        settings = distributed.settings_from(run_config.coordinator, run_config.num_processes, run_config.process_id)
+        distributed.initialize(settings)
+        primary = distributed.is_primary()
+        with workdir_lock(workdir) if primary else contextlib.nullcontext(), quiet_unless(primary):
+            check_workdir(workdir, config_dict(config), write=primary)
             final = main(config, workdir)
             seconds = time.time() - start
-            write_json_atomic(workdir / "metrics.json", {"final": final, "config": config_dict(config), "seconds": seconds})
+            if primary:
+                write_json_atomic(workdir / "metrics.json",
+                                  {"final": final, "config": config_dict(config), "seconds": seconds})
     except Preempted as stop:
         print(f"preempted: {stop}", flush=True)
         raise SystemExit(0) from stop
     except JaxfastError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    print(summary_line(final, seconds), flush=True)
+    if primary:
+        print(summary_line(final, seconds), flush=True)
     return final
+
+
+@contextlib.contextmanager
+def quiet_unless(primary: bool):
+    """Standard output silenced on every process but process 0 (its errors still reach stderr);
+    JAXFAST_ALL_PROCESSES_PRINT=1 keeps it."""
+    if primary or os.environ.get("JAXFAST_ALL_PROCESSES_PRINT") == "1":
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield

@@ -87,11 +87,17 @@ class LoadedLearner:
         if missing:
             raise InputError(f"the row lacks column(s) {missing}; the model needs {processor.required_columns()}")
         frame = frame[processor.required_columns()].copy()
-        for name in set(processor.cont_names) - set(processor.date_fields):
+        for name in processor.required_columns():
+            value = frame[name].iloc[0]
+            if not (value is None or isinstance(value, (str, int, float, bool, np.number, np.bool_, pd.Timestamp))):
+                raise InputError(f"column {name!r} value {value!r} is a {type(value).__name__}, not a single value")
+        for name in sorted(set(processor.cont_names) - set(processor.date_fields)):
             try:
                 frame[name] = pd.to_numeric(frame[name]).astype("float64")
             except (TypeError, ValueError) as error:
                 raise InputError(f"column {name!r} value {frame[name].iloc[0]!r} is not a number") from error
+            if np.isinf(frame[name].iloc[0]):
+                raise InputError(f"column {name!r} value {frame[name].iloc[0]!r} is not a finite number")
         outputs = self.exported.predict(processor.to_arrays(frame))[0]
         if target.kind == "classification":
             probs = _softmax(np.asarray(outputs, np.float64))

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from jaxfast.show import save_figure
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -162,10 +163,7 @@ class ClassificationInterpretation:
             _show(ax, image)
             ax.set_title(f"{self.classes[pred]}/{self.classes[actual]} / {loss:.2f} / {self.probs[row, actual]:.2f}",
                          fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        return Path(path)
+        return save_figure(fig, path)
 
     def plot_confusion_matrix(self, path: str | Path, normalize: bool = False, cmap: str = "Blues") -> Path:
         """The confusion matrix as a heat map with the counts (or row shares) written in."""
@@ -187,7 +185,4 @@ class ClassificationInterpretation:
                 ax.text(j, i, text, ha="center", va="center", color="white" if cm[i, j] > threshold else "black")
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        return Path(path)
+        return save_figure(fig, path)

@@ -14,6 +14,9 @@ PhaseMismatch says what changed), phases that already finished are skipped, the 
 in progress is restored and continues at the exact batch, and a recorded `lr_find`
 returns its result without running. Data order and dropout keys depend only on (seed,
 epoch) and (seed, step), so the result is the same as an uninterrupted run.
+
+Several processes (jaxfast.distributed): every process runs the same loop and saves, process 0
+alone logs and writes history, plots, TensorBoard events and exports.
 """
 
 from __future__ import annotations
@@ -29,18 +32,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxfast import optim
+from jaxfast import distributed, optim
 from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import DataBunch, Loader
 from jaxfast.data.prefetch import prefetch
-from jaxfast.errors import InputError, TrainingDiverged
+from jaxfast.errors import TrainingDiverged
 from jaxfast.layer_groups import SINGLE_GROUP, LayerGroups
 from jaxfast.losses import get_loss
 from jaxfast.lr_finder import LRFindResult, lr_find, plot_lr_find
 from jaxfast.metrics import Metric, add_stats, finalize_all, get_metrics
 from jaxfast.models.registry import ModelSpec
 from jaxfast.parallel import make_runner
-from jaxfast.pending import Pending, fetch_numpy, leading_size
+from jaxfast.pending import Pending, leading_size
 from jaxfast.phases import PhaseMismatch, check_phase, signature
 from jaxfast.preemption import Preempted, StopRequest, stop_requests
 from jaxfast.recorder import Recorder, format_header, format_row
@@ -56,6 +59,7 @@ class Learner:
     the weights (kind, classes, preprocessing), or a function of the learner's current data
     that says it (so an export after `learn.data = ...` at a new size records that size).
     The learner factories (`cnn_learner`, `tabular_learner`, ...) fill both.
+    `activation_reg` (alpha, beta): fastai's RNNTrainer AR/TAR (jaxfast.state.Task).
     """
 
     def __init__(
@@ -70,21 +74,22 @@ class Learner:
         workdir: str | Path | None = None,
         log: Callable[[str], None] = print,
         export_meta: dict | Callable[[DataBunch], dict | None] | None = None,
+        activation_reg: tuple[float, float] = (0.0, 0.0),
     ):
         self.spec = model if isinstance(model, ModelSpec) else None
         self.model = self.spec.build() if self.spec is not None else model
-        self.data, self.config, self.log, self.export_meta = data, config, log, export_meta
+        self.data, self.config, self.export_meta = data, config, export_meta
+        self.primary = distributed.is_primary()  # process 0 logs and writes the run's files
+        self.log = log if self.primary else _quiet
         self.workdir = Path(workdir) if workdir is not None else None
         loss_fn = get_loss(loss) if isinstance(loss, str) else loss
-        task = Task(loss_fn, get_metrics(metrics), "bfloat16" if config.mixed_precision else "float32")
+        task = Task(loss_fn, get_metrics(metrics), "bfloat16" if config.mixed_precision else "float32",
+                    tuple(activation_reg))
         self.metric_names = [m.name for m in task.metrics]
         self.runner = make_runner(config.parallel)
-        for loader in [data.train, *data.eval_splits().values()]:
-            self.runner.check_batch_size(loader.batch_size)
+        for split, loader in {"train": data.train, **data.eval_splits()}.items():
+            self.runner.check_batch_size(loader.batch_size, f"{split} batch")
         self.state = create_train_state(self.model, data.train.sample_inputs(), optim_placeholder(), task, config.seed)
-        if self.state.carry and self.runner.n_devices > 1:
-            raise InputError(f"{type(self.model).__name__} carries a state from batch to batch (e.g. an LM's hidden "
-                             "state), which trains on one device for now; use --train.parallel single")
         self.layer_groups = layer_groups
         self.group_labels = optim.label_layer_groups(self.state.params, layer_groups.group_of_path, layer_groups.n_groups)
         self.n_frozen = 0
@@ -93,7 +98,7 @@ class Learner:
         self.checkpointer = None
         self._resume_meta = None
         self.tensorboard = None
-        if self.workdir is not None and config.tensorboard:
+        if self.workdir is not None and config.tensorboard and self.primary:
             from jaxfast.tensorboard import TensorBoardWriter
 
             self.tensorboard = TensorBoardWriter(self.workdir)
@@ -199,7 +204,7 @@ class Learner:
             result = lr_find(self, start_lr, end_lr, num_it, stop_div)
         self._plan.append({**sig, "result": dataclasses.asdict(result)})
         path = plot_path or (self.workdir / "lr_find.png" if self.workdir is not None else None)
-        if path is not None:
+        if path is not None and self.primary:
             plot_lr_find(result, path)
         self.log(f"lr_find: min/10 {result.lr_min:.2e}, steepest {result.lr_steep:.2e}")
         return result
@@ -236,7 +241,7 @@ class Learner:
             losses.append(loss[real])
             targets.append(jax.tree.map(lambda t: np.asarray(t)[real], host_batch["targets"]))
 
-        pending = Pending(fetch_numpy, keep, self.runner.sync_each_step)
+        pending = Pending(self.runner.fetch, keep, self.runner.sync_each_step)
         for batch in loader.batches(0):
             host = {"mask": np.asarray(batch["mask"]), "targets": batch["targets"]}
             pending.add(host, self.runner.outputs_step(dstate, self.runner.put_batch(batch)))
@@ -246,11 +251,11 @@ class Learner:
     def predict(self, inputs) -> np.ndarray:
         """Model outputs for a batch of inputs (any leading size), through the runner."""
         n = leading_size(inputs, "predict")
-        pad = -n % self.runner.n_devices
+        pad = -n % self.runner.data_shards
         if pad:
             inputs = jax.tree.map(lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), inputs)
         device_inputs = self.runner.put_batch({"inputs": inputs})["inputs"]
-        return np.asarray(self.runner.predict_step(self.runner.put_state(self.state), device_inputs))[:n]
+        return self.runner.fetch(self.runner.predict_step(self.runner.put_state(self.state), device_inputs))[:n]
 
     def show_results(self, path: str | Path | None = None, rows: int = 3, split: str = "valid") -> Path:
         """fastai's show_results: a PNG of items of `split` with their truth and prediction
@@ -278,7 +283,12 @@ class Learner:
                                  "or build the learner from a ModelSpec (the learner factories do)")
             arch, arch_config = self.spec.arch, self.spec.config
         meta = self.prediction_meta() if meta is None else meta
-        return export_model(path, arch, arch_config, self.state.variables(), meta)
+        if not self.primary:  # process 0 writes it; the others wait until it is there
+            distributed.barrier(f"export {path}")
+            return Path(path)
+        written = export_model(path, arch, arch_config, self.state.variables(), meta)
+        distributed.barrier(f"export {path}")
+        return written
 
     # ---- the loop ----------------------------------------------------------------------
     def _run_phase(self, sig: dict, n_epochs: int, lrs: list, moms, wd: float | None) -> None:
@@ -298,8 +308,9 @@ class Learner:
             start_epoch, start_batch = meta["epoch"], meta["batch"]
             partial = tuple(meta["partial_loss"])
             self._resume_meta = None
-        if start_epoch >= n_epochs:
+        if start_epoch >= n_epochs:  # done before a kill that may have come before its outputs were written
             self.state = state
+            self._write_outputs()
             return
         dstate = self.runner.put_state(copy_tree(state))
         try:
@@ -312,7 +323,12 @@ class Learner:
                 self.state = self.checkpointer.restore_weights(state)
             raise
         self.state = self.runner.get_state(dstate)
-        if self.workdir is not None:
+        self._write_outputs()
+
+    def _write_outputs(self) -> None:
+        """history.csv and the loss/schedule plots of the phases so far (process 0, with a workdir)."""
+        if self.workdir is not None and self.primary:
+            self.recorder.write_csv(self.workdir / "history.csv")
             self.recorder.plot_losses(self.workdir / "losses.png")
             self.recorder.plot_schedule(self.workdir / "schedule.png")
             self._log_tensorboard(None, plots=("losses.png", "schedule.png"))
@@ -333,7 +349,7 @@ class Learner:
             data_epoch = self.recorder.n_epochs
             first = start_batch if epoch == start_epoch else 0
             sums = list(partial) if epoch == start_epoch else [0.0, 0.0]
-            with tqdm(total=len(train), initial=first, disable=not self.config.progress, leave=False,
+            with tqdm(total=len(train), initial=first, disable=not (self.config.progress and self.primary), leave=False,
                       desc=f"epoch {data_epoch}", dynamic_ncols=True) as bar:
 
                 def record(b: int, metrics: dict) -> None:
@@ -374,7 +390,7 @@ class Learner:
             self._log_tensorboard(row)
             best, bad_epochs, stop_now = early_stop(self.config, row, best, bad_epochs)
             self._save(dstate, phase, n_epochs if stop_now else epoch + 1, 0, (0.0, 0.0), metrics=row)
-            if self.workdir is not None:
+            if self.workdir is not None and self.primary:
                 self.recorder.write_csv(self.workdir / "history.csv")
             if stop_now:
                 self.log(f"early stopping: {self.config.monitor} did not improve for {bad_epochs} epochs")
@@ -445,6 +461,10 @@ class Learner:
             f"{where}; training stopped, the last good checkpoint (step {self.checkpointer.latest_step()}) "
             f"is kept in {self.checkpointer.directory} (lower the learning rate?)"
         )
+
+
+def _quiet(_: str) -> None:
+    """The log of every process but process 0."""
 
 
 def optim_placeholder():

@@ -52,11 +52,6 @@ class Pending:
             self._on_result(key, result)
 
 
-def fetch_numpy(results: list) -> list:
-    """Device results -> numpy trees, in one transfer."""
-    return jax.tree.map(np.asarray, jax.device_get(results))
-
-
 def leading_size(tree, what: str) -> int:
     """The number of rows every leaf of `tree` has (InputError naming `what` when they differ)."""
     sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree)}

@@ -20,14 +20,14 @@ stderr); the status is 0 when at least one image was predicted (see jaxfast.visi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, TextIO
 
 import pandas as pd
 
-from jaxfast.export import ExportedModel, load_export
+from jaxfast.errors import InputError, JaxfastError
+from jaxfast.export import ExportedModel, load_export, read_description
 
 
 def predict_tabular(exported: ExportedModel, inputs: list[str], out: TextIO, err: TextIO) -> int:
@@ -90,13 +90,10 @@ PREDICTORS: dict[str, Callable[..., int]] = {
 
 
 def export_kind(export_dir: str | Path) -> str:
-    """The `kind` recorded in an export's export.json (ValueError when it has none)."""
-    path = Path(export_dir) / "export.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{Path(export_dir)} is not a jaxfast export: {path.name} is missing")
-    kind = json.loads(path.read_text()).get("kind")
+    """The `kind` recorded in an export's export.json (InputError when it is damaged or has none)."""
+    kind = read_description(export_dir).get("kind")
     if kind is None:
-        raise ValueError(f"{path} has no 'kind'; it was exported without prediction metadata")
+        raise InputError(f"{Path(export_dir) / 'export.json'} has no 'kind'; it was exported without prediction metadata")
     return kind
 
 
@@ -121,7 +118,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         print(f"error: {error}", file=err)
         return 2
     options = {"tta": True} if args.tta else {}
-    return PREDICTORS[kind](exported, args.inputs, out, err, **options)
+    try:
+        return PREDICTORS[kind](exported, args.inputs, out, err, **options)
+    except JaxfastError as error:  # e.g. weights that do not fit the architecture of export.json
+        print(f"error: {error}", file=err)
+        return 2
 
 
 if __name__ == "__main__":

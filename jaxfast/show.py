@@ -84,8 +84,14 @@ def _table(path: Path, header: list[str], rows: list[list[str]], title: str) -> 
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as a PNG (its folder made if needed) and close it."""
+    """Write a matplotlib figure as a PNG (its folder made if needed) and close it. With
+    several processes only process 0 writes (the others draw the same figure and drop it)."""
+    from jaxfast.distributed import is_primary
+
     path = Path(path)
+    if not is_primary():
+        plt.close(fig)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

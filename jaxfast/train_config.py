@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+import tyro
+
+from jaxfast.parallel import ParallelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,8 +25,9 @@ class TrainConfig:
     """Global-norm gradient clipping (none by default)."""
     mixed_precision: bool = False
     """bf16 forward/backward with fp32 master weights, optimizer state and loss."""
-    parallel: str = "auto"
-    """auto | single | mesh | pmap (auto: mesh over all local devices when there are several)."""
+    parallel: Annotated[ParallelConfig, tyro.conf.OmitArgPrefixes] = ParallelConfig()
+    """Devices: `--parallel auto|single|mesh|pmap`, `--mesh-data N` (unprefixed; see jaxfast.parallel). A bare
+    mode name (`TrainConfig(parallel="mesh")`) is accepted too."""
     seed: int = 0
     """Seeds the init, the dropout keys and the data order: same seed, same result."""
     monitor: str = "valid_loss"

@@ -58,14 +58,15 @@ def optim_placeholder():
 
 
 ref_state, ref_losses, ref_eval = run("single")
-for mode in ("pmap", "mesh"):
+# The last: a data axis of half the devices, each batch shard replicated over a 'model' axis of 2.
+for name, mode in (("pmap", "pmap"), ("mesh", "mesh"), ("mesh_data", parallel.ParallelConfig("mesh", n_dev // 2))):
     state, losses, ev = run(mode)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6, err_msg=mode)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=mode)
     for a, b in zip(jax.tree.leaves(ev), jax.tree.leaves(ref_eval)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
-    print(mode, "matches single device")
+    print(name, "matches single device")
 
 # Many sharded steps through the Learner loop: must not hang (the caller has a timeout).
 big_x = rng.normal(size=(512, 12)).astype(np.float32)

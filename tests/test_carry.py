@@ -8,7 +8,6 @@ import pytest
 
 from jaxfast.checkpoint import Checkpointer
 from jaxfast.data.loader import ArrayLoader, DataBunch
-from jaxfast.errors import InputError
 from jaxfast.learner import Learner, TrainConfig
 from jaxfast.losses import lm_cross_entropy
 from jaxfast.metrics import get_metrics
@@ -82,11 +81,3 @@ def test_resume_restores_the_carry_exactly(tmp_path, monkeypatch):
     assert int(resumed.state.step) == 6
     for a, b in zip(leaves((whole.state.params, whole.state.carry)), leaves((resumed.state.params, resumed.state.carry))):
         np.testing.assert_array_equal(a, b)
-
-
-def test_a_carried_state_is_refused_on_several_devices_until_supported():
-    if jax.local_device_count() > 1:
-        with pytest.raises(InputError, match="one device"):
-            lm_learner(parallel="mesh")
-    else:
-        assert lm_learner(parallel="single").runner.n_devices == 1

@@ -20,7 +20,29 @@ def test_parallel_modes_match_single_device(n_devices):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pmap matches single device" in proc.stdout
     assert "mesh matches single device" in proc.stdout
+    assert "mesh_data matches single device" in proc.stdout
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_mesh_settings_are_checked_before_any_step():
+    from jaxfast.errors import InputError
+    from jaxfast.parallel import ParallelConfig, make_runner
+
+    with pytest.raises(InputError, match="--mesh-data 3 must divide the 1 devices"):
+        make_runner(ParallelConfig("mesh", mesh_data=3), devices=jax_devices()[:1])
+    with pytest.raises(InputError, match="--mesh-data 2 sets the data axis of --parallel mesh, not of pmap"):
+        make_runner(ParallelConfig("pmap", mesh_data=2))
+    with pytest.raises(InputError, match="unknown --parallel 'ring'"):
+        make_runner("ring")
+    runner = make_runner(ParallelConfig("mesh", mesh_data=1), devices=jax_devices()[:1])
+    assert (runner.mode, runner.data_shards) == ("mesh", 1)
+    runner.check_batch_size(7)  # one shard takes any batch
+
+
+def jax_devices():
+    import jax
+
+    return jax.local_devices()
 
 
 def test_single_cpu_train_step_compiles_with_the_memory_saving_schedule():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,19 +50,28 @@ def _rows(path: Path, sep: str, n_fields: int, encoding: str = "utf-8", header: 
     """(line number, fields) of a delimited text file, checking the field count."""
     with open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE if sep != "," else csv.QUOTE_MINIMAL)
-        for line, fields in enumerate(reader, start=1):
-            if header and line == 1 or not fields:
-                continue
-            if len(fields) < n_fields:
-                raise InputError(f"{path}, line {line}: expected {n_fields} fields, got {len(fields)}: {fields!r}")
-            yield line, fields
+        try:
+            for line, fields in enumerate(reader, start=1):
+                if header and line == 1 or not fields:
+                    continue
+                if len(fields) < n_fields:
+                    raise InputError(f"{path}, line {line}: expected {n_fields} fields, got {len(fields)}: "
+                                     f"{[field[:80] for field in fields[:n_fields]]!r}")
+                yield line, fields
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path} is not {encoding} text ({error.reason}, after line {reader.line_num})") from None
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+            raise InputError(f"{path}, line {reader.line_num}: not readable ({error})") from None
 
 
 def _rating(path: Path, line: int, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise InputError(f"{path}, line {line}: rating {text!r} is not a number") from None
+        raise InputError(f"{path}, line {line}: rating {text[:80]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"{path}, line {line}: rating {text!r} is not a finite number")
+    return value
 
 
 def read_u_item(path: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxfast.collab.data import CollabData
 from jaxfast.errors import InputError
+from jaxfast.show import save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +104,7 @@ def plot_pca(interp: Interpretation, path: str | Path, n: int = 50, comps: tuple
         ax.text(xi, yi, name, color=colour, fontsize=11)
     ax.set_xlabel(f"component {a}")
     ax.set_ylabel(f"component {b}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=60)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def format_report(interp: Interpretation) -> str:

@@ -173,25 +173,34 @@ def read_rows_csv(path: str | Path, processor: TabularProcessor,
     path = Path(path)
     required = processor.required_columns()
     numeric = set(processor.cont_names) - set(processor.date_fields)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first name
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        absent = [c for c in required if c not in header]
-        if absent:
-            raise InputError(f"{path}: column(s) {absent} missing from the header, which has {header}")
-        rows, labels, problems = [], [], []
-        for number, fields in enumerate(reader, start=1):
-            if not fields:
-                continue
-            problem = _check_fields(fields, header, required)
-            if problem is None:
-                cells = {name: _cell(fields, header.index(name), na_values) for name in required}
-                problem = _check_cells(cells, numeric, processor.date_fields)
-            if problem is not None:
-                problems.append(RowProblem(number, reader.line_num, problem))
-                continue
-            rows.append(cells)
-            labels.append(number)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            absent = [c for c in required if c not in header]
+            if absent:
+                raise InputError(f"{path}: column(s) {absent} missing from the header, which has {header}")
+            twice = sorted({c for c in required if header.count(c) > 1})
+            if twice:
+                raise InputError(f"{path}: column(s) {twice} appear more than once in the header")
+            rows, labels, problems = [], [], []
+            for number, fields in enumerate(reader, start=1):
+                if not fields:
+                    continue
+                problem = _check_fields(fields, header, required)
+                if problem is None:
+                    cells = {name: _cell(fields, header.index(name), na_values) for name in required}
+                    problem = _check_cells(cells, numeric, processor.date_fields)
+                if problem is not None:
+                    problems.append(RowProblem(number, reader.line_num, problem))
+                    continue
+                rows.append(cells)
+                labels.append(number)
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start} of a read block, "
+                             f"after line {reader.line_num}); save it as UTF-8") from None
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+            raise InputError(f"{path}, line {reader.line_num}: not readable as CSV ({error})") from None
     frame = pd.DataFrame(rows, index=pd.Index(labels, name="row"), columns=required)
     for name in numeric:
         frame[name] = pd.to_numeric(frame[name]).astype("float64")

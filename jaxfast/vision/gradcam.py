@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfast.interpret import agg_pyplot, denormalize
+from jaxfast.show import save_figure
 
 
 def _body(module, x, train):
@@ -109,7 +110,4 @@ def plot_gradcam(images, cams, path: str | Path, titles=None, stats=None, alpha:
         ax.imshow(cam, alpha=alpha, cmap=cmap, vmin=0.0, vmax=1.0, extent=(0, w, h, 0), interpolation="bilinear")
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
