@@ -129,6 +129,31 @@ def lm_cross_entropy(logits: jax.Array, targets: dict) -> jax.Array:
     return losses.sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
 
 
+def activation_penalty(intermediates: dict, alpha: float, beta: float) -> jax.Array:
+    """fastai's RNNTrainer regularizers per row -> [B]: alpha * mean(h ** 2) (AR) + beta *
+    mean((h[t] - h[t-1]) ** 2) (TAR) over the model's sown 'last_output' h [B, T, D] (the last
+    LSTM's output, before the output dropout), both means over the real positions given by the
+    sown 'last_output_mask' [B, T] (1 = real; all real when absent). fastai averages over the
+    pad positions too; here padding (an LM batch's end, a classifier's pad_first) weighs 0."""
+    if "last_output" not in intermediates:
+        raise ValueError("activation_reg (AR/TAR) needs a model that sows intermediates 'last_output' "
+                         f"[B, T, D] (the AWD-LSTM models do); this one sowed {sorted(intermediates)}")
+    hidden = intermediates["last_output"][-1]
+    if hidden.ndim != 3:
+        raise ValueError(f"activation_penalty: 'last_output' must be [B, T, D], got shape {tuple(hidden.shape)}")
+    real = intermediates.get("last_output_mask", (jnp.ones(hidden.shape[:2]),))[-1].astype(jnp.float32)
+    width = hidden.shape[-1]
+    penalty = jnp.zeros(hidden.shape[0])
+    if alpha:
+        squares = (jnp.square(hidden).sum(-1) * real).sum(1)
+        penalty = penalty + alpha * squares / (width * jnp.maximum(real.sum(1), 1.0))
+    if beta and hidden.shape[1] > 1:
+        pairs = real[:, 1:] * real[:, :-1]
+        steps = (jnp.square(hidden[:, 1:] - hidden[:, :-1]).sum(-1) * pairs).sum(1)
+        penalty = penalty + beta * steps / (width * jnp.maximum(pairs.sum(1), 1.0))
+    return penalty
+
+
 LOSSES: dict[str, LossFn] = {
     "cross_entropy": cross_entropy,
     "lm_cross_entropy": lm_cross_entropy,

@@ -32,10 +32,16 @@ class Task:
     loss: PerExampleLoss
     metrics: tuple[Metric, ...] = ()
     compute_dtype: str = "float32"
+    activation_reg: tuple[float, float] = (0.0, 0.0)
+    """fastai's RNNTrainer (alpha, beta): activation and temporal activation regularization of
+    the model's sown intermediates 'last_output' (jaxfast.losses.activation_penalty), added to
+    the training objective only (the reported loss is the task's); (0, 0): off."""
 
     def __post_init__(self):
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if len(self.activation_reg) != 2 or not all(0.0 <= float(w) < float("inf") for w in self.activation_reg):
+            raise ValueError(f"activation_reg must be two finite weights >= 0 (alpha, beta), got {self.activation_reg!r}")
 
 
 class TrainState(struct.PyTreeNode):

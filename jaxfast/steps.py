@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfast.losses import activation_penalty
 from jaxfast.metrics import accumulate_all
 from jaxfast.state import TrainState, apply_model
 
@@ -32,8 +33,9 @@ def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
     return rng
 
 
-def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
-    """Run the model; returns (float32 outputs, new batch_stats, new carry).
+def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, intermediates: bool = False):
+    """Run the model; returns (float32 outputs, new batch_stats, new carry), and the sown
+    intermediates as a fourth item when `intermediates`.
 
     Training reads and writes the model's mutable collections: BatchNorm statistics and the
     carried state (e.g. an LM's hidden state, kept from batch to batch). Evaluation and
@@ -50,6 +52,8 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
     mutable = [name for name, tree in (("batch_stats", state.batch_stats), ("carry", state.carry)) if tree]
     if not train:
         mutable = ["carry"] if state.carry else []  # the zero carry is built, then dropped
+    if intermediates:
+        mutable = [*mutable, "intermediates"]
     rngs = {"dropout": rng} if train else {}
     if mutable:
         outputs, updates = apply_model(state.apply_fn, variables, inputs, train=train, rngs=rngs, mutable=mutable)
@@ -57,6 +61,9 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None):
         outputs, updates = apply_model(state.apply_fn, variables, inputs, train=train, rngs=rngs), {}
     new_stats = updates.get("batch_stats", state.batch_stats) if train else state.batch_stats
     new_carry = updates.get("carry", state.carry) if train else state.carry
+    if intermediates:
+        sown = _cast_floats(updates.get("intermediates", {}), jnp.float32)
+        return _cast_floats(outputs, jnp.float32), new_stats, new_carry, sown
     return _cast_floats(outputs, jnp.float32), new_stats, new_carry
 
 
@@ -71,12 +78,22 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
     global_count = jnp.maximum(_sum_over(count, axis_name), 1.0)
     rng = _step_rng(state, axis_name)
 
+    alpha, beta = state.task.activation_reg
+    regularize = alpha != 0.0 or beta != 0.0
+
     def loss_fn(params):
-        outputs, new_stats, new_carry = _forward(state, params, batch["inputs"], train=True, rng=rng)
+        if regularize:
+            outputs, new_stats, new_carry, sown = _forward(state, params, batch["inputs"], train=True, rng=rng,
+                                                           intermediates=True)
+        else:
+            outputs, new_stats, new_carry = _forward(state, params, batch["inputs"], train=True, rng=rng)
         loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
+        objective = loss_sum
+        if regularize:
+            objective = objective + (activation_penalty(sown, alpha, beta) * mask).sum()
         # Dividing by the GLOBAL count makes summed per-device gradients equal the
         # gradient of the global mean, whatever the split.
-        return loss_sum / global_count, (loss_sum, new_stats, new_carry)
+        return objective / global_count, (loss_sum, new_stats, new_carry)
 
     grads, (loss_sum, new_stats, new_carry) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:

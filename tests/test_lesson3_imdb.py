@@ -204,3 +204,34 @@ def test_imdb_sample_subset_learns(tmp_path):
     vocab = len(json.loads((tmp_path / "w" / "clas" / "export" / "export.json").read_text())["vocab"])
     assert np.exp(final["lm_valid_loss"]) < vocab / 5
     assert 0.0 <= final["valid_accuracy"] <= 1.0
+
+
+def test_budgets_shrink_epochs_then_the_lm_corpus():
+    from experiments.lesson3_imdb import clas_budget_plan, lm_budget_plan
+
+    assert lm_budget_plan(300_000, 1, 7, 2_500_000) == (7, 1.0)  # imdb_sample: all 8 epochs fit
+    assert lm_budget_plan(300_000, 1, 7, None) == (7, 1.0)
+    assert lm_budget_plan(600_000, 1, 7, 2_500_000) == (3, 1.0)  # 4 epochs of 0.6M
+    epochs, fraction = lm_budget_plan(3_000_000, 1, 7, 2_500_000)  # several thousand reviews
+    assert epochs == 1 and (1 + epochs) * 3_000_000 * fraction == pytest.approx(2_500_000)
+    assert clas_budget_plan(800, (1, 1, 1, 5), 25_000) == (1, 1, 1, 5)
+    assert clas_budget_plan(5000, (1, 1, 1, 5), 25_000) == (1, 1, 1, 2)
+    assert clas_budget_plan(20_000, (1, 1, 1, 5), 25_000) == (1, 1, 1, 1)
+    assert clas_budget_plan(20_000, (1, 1, 1, 5), None) == (1, 1, 1, 5)
+    with pytest.raises(InputError, match="--lm-token-budget"):
+        lm_budget_plan(300_000, 1, 7, 0)
+    with pytest.raises(InputError, match="--clas-doc-budget"):
+        clas_budget_plan(800, (1, 1, 1, 5), -1)
+
+
+def test_lm_databunch_doc_fraction_reads_a_seeded_part(tokens):
+    full = lm_databunch(tokens, batch_size=4, bptt=8, seed=0)
+    part = lm_databunch(tokens, batch_size=4, bptt=8, seed=0, doc_fraction=0.5)
+    again = lm_databunch(tokens, batch_size=4, bptt=8, seed=0, doc_fraction=0.5)
+    n_full = full.train.num_tokens + full.valid.num_tokens
+    n_part = part.train.num_tokens + part.valid.num_tokens
+    assert 0.35 * n_full < n_part < 0.65 * n_full
+    assert part.train.num_tokens == again.train.num_tokens
+    np.testing.assert_array_equal(part.train.stream(0), again.train.stream(0))
+    with pytest.raises(InputError, match="doc_fraction"):
+        lm_databunch(tokens, batch_size=4, bptt=8, doc_fraction=0.0)

@@ -26,7 +26,9 @@ As fastai/text/models/awd_lstm.py and fastai/text/learner.py (1.0.5x-1.0.61) bui
   outputs (fastai pads first, so the last position is real), then BN-dropout-linear blocks.
 
 Both models `sow` the last layer's output as intermediates/'last_output' (fastai's
-`raw_outputs[-1]` and `outputs[-1]`, the same tensor for the AWD-LSTM) for AR/TAR.
+`raw_outputs[-1]` and `outputs[-1]`, the same tensor for the AWD-LSTM) and its real positions
+as 'last_output_mask' (an LM given token_mask; a classifier's non-pad tokens) for AR/TAR
+(jaxfast.losses.activation_penalty, the Learner's `activation_reg`).
 """
 
 from __future__ import annotations
@@ -212,6 +214,8 @@ class AWDLSTMLanguageModel(nn.Module):
             for layer, (h, c) in enumerate(new_carry):
                 self.put_variable("carry", f"layer_{layer}", {"h": jax.lax.stop_gradient(h), "c": jax.lax.stop_gradient(c)})
         self.sow("intermediates", "last_output", hidden)
+        if token_mask is not None:
+            self.sow("intermediates", "last_output_mask", jnp.asarray(token_mask, jnp.float32))
         hidden = locked_dropout(self, hidden, self.output_p, train)
         kernel = self.encoder.embedding_matrix().T if self.tie_weights else self.decoder_kernel
         bias = self.decoder_bias if self.out_bias else 0.0
@@ -295,8 +299,9 @@ class AWDLSTMClassifier(nn.Module):
             out, _ = encoder(tokens[:, n_full * self.bptt:], jax.lax.stop_gradient(carry), train)
             outputs.append(out)
         output = jnp.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
-        self.sow("intermediates", "last_output", output)
         pad_mask = tokens[:, seq_len - output.shape[1]:] == self.pad_token
+        self.sow("intermediates", "last_output", output)
+        self.sow("intermediates", "last_output_mask", (~pad_mask).astype(jnp.float32))
         sizes = (3 * self.emb_sz, *self.lin_ftrs, self.n_classes)
         return PoolingLinearClassifier(sizes, (self.output_p, *self.ps), name="head")(output, pad_mask, train)
 

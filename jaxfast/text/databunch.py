@@ -119,15 +119,22 @@ def _split_docs(docs: list, valid_pct: float, seed: int) -> tuple[list, list]:
 
 def lm_databunch(text: TokenizedText, batch_size: int = 64, bptt: int = 70, valid_pct: float = 0.1, seed: int = 0,
                  vocab: Vocab | None = None, max_vocab: int = 60000, min_freq: int = 2,
-                 splits: Sequence[str] | None = None, random_bptt: bool = True) -> TextDataBunch:
+                 splits: Sequence[str] | None = None, random_bptt: bool = True,
+                 doc_fraction: float = 1.0) -> TextDataBunch:
     """Language-model data: the documents of `splits` (default: all) with a random
     `valid_pct` held out; the vocab comes from the training part unless given.
-    `random_bptt=False` trains on fixed bptt windows (no padding but in the last batch)."""
+    `random_bptt=False` trains on fixed bptt windows (no padding but in the last batch).
+    `doc_fraction` < 1: a seeded random part of the documents only (a token budget)."""
     splits = list(text.tokens) if splits is None else list(splits)
     unknown = [s for s in splits if s not in text.tokens]
     if unknown:
         raise InputError(f"no split(s) {unknown} in the text; it has {list(text.tokens)}")
+    if not 0.0 < doc_fraction <= 1.0:
+        raise InputError(f"doc_fraction must be in (0, 1], got {doc_fraction}")
     docs = [d for s in splits for d in text.tokens[s]]
+    if doc_fraction < 1.0:
+        keep = np.random.default_rng([seed, 7]).permutation(len(docs))[: max(2, round(doc_fraction * len(docs)))]
+        docs = [docs[i] for i in np.sort(keep)]
     train, valid = _split_docs(docs, valid_pct, seed)
     vocab = vocab or Vocab.create(train, max_vocab=max_vocab, min_freq=min_freq)
     return TextDataBunch(

@@ -97,11 +97,12 @@ def _arch(arch: str, which: int) -> str:
 def language_model_learner(
     data: TextDataBunch, arch: str = "awd_lstm", pretrained: bool | str = False, *, drop_mult: float = 1.0,
     metrics: Sequence = ("token_accuracy",), config: TrainConfig = TrainConfig(), workdir: str | Path | None = None,
-    log: Callable[[str], None] = print, tokenizer: dict | None = None, **arch_config,
+    log: Callable[[str], None] = print, tokenizer: dict | None = None, alpha: float = 2.0, beta: float = 1.0,
+    **arch_config,
 ) -> Learner:
     """fastai's language_model_learner: an AWD-LSTM LM over `data.vocab` (`arch_config`
     overrides its sizes and dropouts, the dropouts times `drop_mult`), trained with the
-    weighted token cross entropy. `pretrained`: a WT103 folder (or True: fastai's download,
+    weighted token cross entropy plus fastai's AR (`alpha`) and TAR (`beta`). `pretrained`: a WT103 folder (or True: fastai's download,
     cached) mapped onto the vocab; the body is then frozen as fastai does. False: from scratch.
     `tokenizer`: the tokenizer's description, kept in the export (for `predict_text`)."""
     data = _lm_data(data)
@@ -111,7 +112,7 @@ def language_model_learner(
     model = spec.build()
     meta = {"kind": "language_model", "vocab": list(vocab.itos), "tokenizer": dict(tokenizer or {})}
     learn = Learner(spec, data, "lm_cross_entropy", metrics, layer_groups=lm_layer_groups(model), config=config,
-                    workdir=workdir, log=log, export_meta=meta)
+                    workdir=workdir, log=log, export_meta=meta, activation_reg=(alpha, beta))
     if pretrained is False or pretrained is None:
         log(f"{spec.arch}: no pretrained weights, the language model starts from scratch (random init)")
         return learn
@@ -130,10 +131,11 @@ def text_classifier_learner(
     data: TextDataBunch, arch: str = "awd_lstm", *, drop_mult: float = 1.0, bptt: int = 70, max_len: int = 70 * 20,
     lin_ftrs: Sequence[int] = (50,), ps: Sequence[float] = (0.1,), metrics: Sequence = ("accuracy",),
     config: TrainConfig = TrainConfig(), workdir: str | Path | None = None, log: Callable[[str], None] = print,
-    tokenizer: dict | None = None, **arch_config,
+    tokenizer: dict | None = None, alpha: float = 2.0, beta: float = 1.0, **arch_config,
 ) -> Learner:
     """fastai's text_classifier_learner: MultiBatchEncoder + pooling head over `data` (from
-    clas_databunch, the LM's vocab), layer groups for gradual unfreezing; the export records
+    clas_databunch, the LM's vocab), AR/TAR (`alpha`, `beta`: fastai's RNNLearner defaults),
+    layer groups for gradual unfreezing; the export records
     what `predict_texts` needs (vocab, classes, tokenizer, max_len)."""
     if data.vocab is None or not data.classes:
         raise InputError("text_classifier_learner needs a TextDataBunch with its vocab and classes (clas_databunch)")
@@ -147,7 +149,7 @@ def text_classifier_learner(
     meta = {"kind": "text_classifier", "vocab": list(vocab.itos), "classes": list(data.classes),
             "tokenizer": dict(tokenizer or {}), "max_len": max_len, "pad_first": data.train.pad_first}
     return Learner(spec, data, "cross_entropy", metrics, layer_groups=clas_layer_groups(model), config=config,
-                   workdir=workdir, log=log, export_meta=meta)
+                   workdir=workdir, log=log, export_meta=meta, activation_reg=(alpha, beta))
 
 
 def encoder_params(learn: Learner) -> dict:
