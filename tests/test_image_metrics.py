@@ -113,3 +113,13 @@ def test_bicubic_upscale_and_baseline():
     assert scores["psnr"].shape == (2,) and np.all(scores["psnr"] > psnr(nearest, targets))
     assert np.all(scores["ssim"] > ssim(nearest, targets)) and np.all(scores["ssim"] < 1)
     assert math.isfinite(float(jnp.min(scores["psnr"])))
+
+
+def test_metrics_can_clip_predictions_to_the_saved_range():
+    targets = jnp.ones((2, 16, 16, 3))
+    outputs = targets + 0.5  # out of range: clipped, it is the target itself
+    mask = jnp.asarray([1.0, 1.0])
+    score = lambda metric: metric.finalize(metric.accumulate(outputs, targets, mask))
+    assert score(psnr_metric(clip=True)) == pytest.approx(100.0)  # capped at max_db
+    assert score(psnr_metric()) == pytest.approx(10 * np.log10(1 / 0.25), rel=1e-5)
+    assert score(ssim_metric(clip=True)) == pytest.approx(1.0)

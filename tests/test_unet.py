@@ -173,3 +173,73 @@ def test_unet_learns_camvid_tiny_with_the_learner():
           f"{accuracy:.3f} (majority class {baseline:.3f})")
     assert np.mean(losses[-5:]) < 0.4 * np.mean(losses[:3]), (losses[:3], losses[-5:])
     assert baseline < 0.35 and accuracy > 0.5, (baseline, accuracy)
+
+
+def _decoder_convs(params) -> dict:
+    """{path: the conv's param dict} of every decoder conv (the encoder left out)."""
+    found = {}
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = tuple(k.key for k in path)
+        if names[0] != "encoder" and "conv" in names[:-1]:
+            where = names[:len(names) - 1 - names[::-1].index("conv") + 1]
+            found[where] = params
+            for name in where:
+                found[where] = found[where][name]
+    return found
+
+
+def test_default_unet_has_no_lesson7_layers_and_equals_an_explicit_none():
+    default = build_model("unet", {"encoder_arch": "resnet18", "n_classes": 3})
+    explicit = build_model("unet", {"encoder_arch": "resnet18", "n_classes": 3, "norm_type": None,
+                                    "self_attention": False})
+    init = lambda m: jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    shapes = init(default)
+    assert jax.tree.structure(shapes) == jax.tree.structure(init(explicit))
+    convs = _decoder_convs(shapes["params"])
+    assert len(convs) == 2 + 4 * 3 + 1 + 2 + 1  # middle, 4 blocks (shuf, conv1, conv2), shuf, res, final
+    assert all(set(c) == {"kernel", "bias"} for c in convs.values())  # plain convs with bias, as before
+    flat = ["/".join(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes["params"])[0]]
+    assert not [p for p in flat if "attention" in p or ("/bn/" in p and not p.startswith("encoder"))
+                and not p.split("/")[-2] == "bn" or p.endswith("/scale") and "conv" in p.split("/")[-2]]
+
+
+@pytest.mark.parametrize("norm", ["weight", "batch", "spectral"])
+def test_lesson7_unet_options_norm_type_self_attention_y_range(norm):
+    config = {"encoder_arch": "resnet18", "n_classes": 3, "norm_type": norm, "self_attention": True,
+              "y_range": [-3, 3], "blur": True}
+    model = build_model("unet", config)
+    assert (model.norm_type, model.self_attention, model.y_range, model.blur) == (norm, True, (-3.0, 3.0), True)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    params, stats = shapes["params"], shapes.get("batch_stats", {})
+    # fastai's self-attention: after the second conv of the block len(skips) - 3 = 1, and there only
+    assert [k for k in params if "attention" in params[k].get("conv2", {})] == ["blocks_1"]
+    assert params["blocks_1"]["conv2"]["attention"]["gamma"].shape == (1,)
+    convs = _decoder_convs(params)
+    expected = {"weight": {"kernel", "scale", "bias"}, "batch": {"kernel"}, "spectral": {"kernel", "bias"}}[norm]
+    assert all(set(c) == expected for c in convs.values()), {k: set(c) for k, c in convs.items()}
+    if norm == "batch":  # conv -> ReLU -> BatchNorm everywhere, fastai's BatchZero in the res block's second
+        assert params["final"]["bn"]["scale"].shape == (3,) and "bn" in params["blocks_0"]["conv1"]
+        assert "bn" in params["res"]["conv2"] and "bn" in params["shuf"]
+    if norm == "spectral":
+        assert stats["middle_0"]["conv"]["spectral"]["u"].shape == (1024,)
+    if norm == "weight":
+        assert params["middle_0"]["conv"]["scale"].shape == (1024,)
+
+
+def test_weight_normed_lesson7_unet_starts_like_its_plain_kernels_and_stays_in_y_range():
+    from jaxfast.models.unet import icnr_init  # noqa: F401 (the shuffle's kernel starts as ICNR)
+
+    model = build_model("unet", {"encoder_arch": "resnet18", "n_classes": 3, "norm_type": "weight",
+                                 "self_attention": True, "y_range": [-3, 3], "blur": True})
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 3
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
+    out = jax.jit(model.apply, static_argnames="train")(variables, x, train=False)
+    assert out.shape == (2, 32, 32, 3) and float(out.min()) > -3 and float(out.max()) < 3
+    assert float(jnp.std(out)) > 1e-3
+    for conv in _decoder_convs(variables["params"]).values():  # g starts at ||v||: the kernel starts as v
+        norm = jnp.sqrt(jnp.sum(conv["kernel"] ** 2, axis=(0, 1, 2)))
+        np.testing.assert_allclose(conv["scale"], norm, rtol=1e-5)
+    shuf = np.asarray(variables["params"]["blocks_0"]["shuf"]["conv"]["kernel"]).reshape(-1, 4)
+    assert np.all(shuf == shuf[:, :1])  # ICNR: the 4 sub-pixel outputs of a channel start equal
+    with pytest.raises(ValueError, match="norm_type must be one of"):
+        build_model("unet", {"encoder_arch": "resnet18", "norm_type": "instance"})

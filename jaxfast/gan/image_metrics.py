@@ -92,9 +92,12 @@ def denormalize(images: jax.Array, stats: tuple[Sequence[float], Sequence[float]
     return images.astype(jnp.float32) * std + mean
 
 
-def _per_image_metric(name: str, per_image, stats) -> Metric:
+def _per_image_metric(name: str, per_image, stats, clip: float | None = None) -> Metric:
     def accumulate(outputs, targets, mask):
-        values = per_image(denormalize(outputs, stats), denormalize(targets, stats))
+        outputs = denormalize(outputs, stats)
+        if clip is not None:  # the image as it would be saved: pixels in [0, data_range]
+            outputs = jnp.clip(outputs, 0.0, clip)
+        values = per_image(outputs, denormalize(targets, stats))
         if mask.shape != values.shape:
             raise InputError(f"{name}: mask {tuple(mask.shape)} must be [B] for {values.shape[0]} images")
         real = mask > 0
@@ -106,14 +109,15 @@ def _per_image_metric(name: str, per_image, stats) -> Metric:
     return Metric(name, accumulate, finalize)
 
 
-def psnr_metric(data_range: float = 1.0, stats=None, max_db: float = 100.0) -> Metric:
-    """Mean per-image PSNR (dB), each image capped at `max_db`."""
-    return _per_image_metric("psnr", lambda p, t: psnr(p, t, data_range, max_db), stats)
+def psnr_metric(data_range: float = 1.0, stats=None, max_db: float = 100.0, clip: bool = False) -> Metric:
+    """Mean per-image PSNR (dB), each image capped at `max_db`; `clip`: the (denormalised)
+    predictions clipped to [0, data_range] first, as the saved images would be."""
+    return _per_image_metric("psnr", lambda p, t: psnr(p, t, data_range, max_db), stats, data_range if clip else None)
 
 
-def ssim_metric(data_range: float = 1.0, stats=None) -> Metric:
-    """Mean per-image SSIM (Gaussian 11x11 window, sigma 1.5)."""
-    return _per_image_metric("ssim", lambda p, t: ssim(p, t, data_range), stats)
+def ssim_metric(data_range: float = 1.0, stats=None, clip: bool = False) -> Metric:
+    """Mean per-image SSIM (Gaussian 11x11 window, sigma 1.5); `clip` as psnr_metric's."""
+    return _per_image_metric("ssim", lambda p, t: ssim(p, t, data_range), stats, data_range if clip else None)
 
 
 def bicubic_upscale(images: jax.Array, size: int | tuple[int, int]) -> jax.Array:

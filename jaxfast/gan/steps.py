@@ -234,9 +234,21 @@ class GANSteps(NamedTuple):
     loss: GANLoss
 
 
-def jit_gan_steps(loss: GANLoss, donate: bool = True) -> GANSteps:
-    """`critic_step` and `generator_step` jitted once with `loss` bound; with `donate` the trained
-    state's buffers are reused for its successor (do not read a state after passing it in)."""
+def _jit_steps(loss: GANLoss, donate: bool) -> GANSteps:
     critic = jax.jit(functools.partial(critic_step, loss=loss), donate_argnums=(1,) if donate else ())
     generator = jax.jit(functools.partial(generator_step, loss=loss), donate_argnums=(0,) if donate else ())
     return GANSteps(critic, generator, loss)
+
+
+_cached_jit_steps = functools.lru_cache(maxsize=16)(_jit_steps)
+
+
+def jit_gan_steps(loss: GANLoss, donate: bool = True) -> GANSteps:
+    """`critic_step` and `generator_step` jitted once with `loss` bound (the same objects for an
+    equal `loss`, so a second run in one process reuses the compiled steps; a loss whose content
+    loss cannot be hashed gets its own); with `donate` the trained state's buffers are reused for
+    its successor (do not read a state after passing it in)."""
+    try:
+        return _cached_jit_steps(loss, donate)
+    except TypeError:  # unhashable content_loss
+        return _jit_steps(loss, donate)

@@ -16,8 +16,9 @@ As in `unet_learner(norm_type=None)`, the decoder's conv layers are conv (with b
 ReLU, without BatchNorm; the only decoder BatchNorms are the skip connections' and the
 one after the encoder, whose biases start at 1e-3 as fastai's `batchnorm_2d`. Module names
 follow `benchmarks/torch_reference.py`'s DynamicUnet so its weights load through
-`jaxfast.models.convert`. Not here: lesson 7's restoration options (weight norm,
-self-attention).
+`jaxfast.models.convert`. Lesson 7's restoration options are config keys too: `norm_type`
+('weight': NormType.Weight's weight-normalised convs; 'batch'; 'spectral'), `self_attention`,
+`y_range` and `blur` (see DynamicUnet).
 
 Memory: the full-resolution res block dominates. Its 3x3 convs take the Winograd lowering on
 CPU (jaxfast.models.conv), whose transformed maps are 2.25x the activation (CamVid at
@@ -88,69 +89,118 @@ def blur_shuffled(x: jax.Array) -> jax.Array:
     return (x[:, :-1, :-1] + x[:, 1:, :-1] + x[:, :-1, 1:] + x[:, 1:, 1:]) / 4
 
 
+NORM_TYPES = (None, "batch", "weight", "spectral")
+
+
+def check_norm_type(norm_type) -> str | None:
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"DynamicUnet: norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+    return norm_type
+
+
 class ConvLayer(nn.Module):
-    """fastai v1 `conv_layer(norm_type=None)`: conv with bias, then ReLU unless `activation=False`."""
+    """fastai v1 `conv_layer(ni, nf, ks, norm_type, use_activ, self_attention)`: conv, ReLU (unless
+    `activation=False`), BatchNorm when `norm_type` is 'batch' ('batch_zero': its scale starts at
+    0), SelfAttention when asked. The conv has a bias unless a BatchNorm follows; 'weight' and
+    'spectral' normalise its kernel (jaxfast.models.gan_layers.NormConv); None is a plain conv."""
 
     features: int
     kernel: int = 3
     activation: bool = True
     conv_lowering: str = "auto"
+    norm_type: str | None = None
+    self_attention: bool = False
+    kernel_init: nn.initializers.Initializer = KAIMING
 
     @nn.compact
-    def __call__(self, x):
-        pad = (self.kernel - 1) // 2
-        x = Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                 kernel_init=KAIMING, lowering=self.conv_lowering, name="conv")(x)
-        return nn.relu(x) if self.activation else x
+    def __call__(self, x, train: bool = False):
+        from jaxfast.models.gan_layers import SelfAttention  # gan_layers imports this module
+
+        x = _conv_norm(x, self.features, self.kernel, self.norm_type, self.kernel_init, self.conv_lowering, train,
+                       self.activation)
+        if self.self_attention:
+            x = SelfAttention(self.conv_lowering, name="attention")(x, train)
+        return x
+
+
+def _conv_norm(x, features: int, kernel: int, norm_type, kernel_init, lowering: str, train: bool, activation: bool):
+    """Inside a compact module: its 'conv' (+ ReLU when `activation`) (+ its 'bn' for 'batch' /
+    'batch_zero'), fastai's conv_layer without the self-attention."""
+    from jaxfast.models.gan_layers import NormConv
+
+    bn = norm_type in ("batch", "batch_zero")
+    pad = (kernel - 1) // 2
+    if norm_type in ("weight", "spectral"):
+        x = NormConv(features, (kernel, kernel), padding=pad, norm=norm_type, kernel_init=kernel_init,
+                     conv_lowering=lowering, name="conv")(x, train)
+    else:
+        x = Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=not bn,
+                 kernel_init=kernel_init, lowering=lowering, name="conv")(x)
+    if activation:
+        x = nn.relu(x)
+    if bn:
+        zero = norm_type == "batch_zero"
+        x = batch_norm(train, "bn", scale_init=nn.initializers.zeros if zero else nn.initializers.ones)(x)
+    return x
 
 
 class PixelShuffleICNR(nn.Module):
-    """fastai's `PixelShuffle_ICNR(ni, nf, scale=2, blur)`: 1x1 conv to nf * scale**2 (ICNR init),
-    ReLU, pixel shuffle, optional blur."""
+    """fastai's `PixelShuffle_ICNR(ni, nf, scale=2, blur, norm_type)`: 1x1 conv layer (no
+    activation) to nf * scale**2 (ICNR init), ReLU, pixel shuffle, optional blur."""
 
     features: int
     scale: int = 2
     blur: bool = False
     conv_lowering: str = "auto"
+    norm_type: str | None = None
 
     @nn.compact
-    def __call__(self, x):
-        x = Conv(self.features * self.scale**2, (1, 1), padding="VALID", kernel_init=icnr_init(self.scale),
-                 lowering=self.conv_lowering, name="conv")(x)
+    def __call__(self, x, train: bool = False):
+        x = _conv_norm(x, self.features * self.scale**2, 1, self.norm_type, icnr_init(self.scale),
+                       self.conv_lowering, train, activation=False)
         x = pixel_shuffle(nn.relu(x), self.scale)
         return blur_shuffled(x) if self.blur else x
 
 
 class UnetBlock(nn.Module):
-    """fastai's UnetBlock: upsample the decoder's map, join the skip map, two conv layers."""
+    """fastai's UnetBlock: upsample the decoder's map, join the skip map, two conv layers (the
+    second followed by self-attention when `self_attention`)."""
 
     final_div: bool = True
     blur: bool = False
     conv_lowering: str = "auto"
+    norm_type: str | None = None
+    self_attention: bool = False
 
     @nn.compact
     def __call__(self, up_in, skip, train: bool = False):
-        low = self.conv_lowering
-        up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, conv_lowering=low, name="shuf")(up_in)
+        low, norm = self.conv_lowering, self.norm_type
+        up_out = PixelShuffleICNR(up_in.shape[-1] // 2, blur=self.blur, conv_lowering=low, norm_type=norm,
+                                  name="shuf")(up_in, train)
         up_out = resize_nearest(up_out, skip.shape[1:3])  # sizes not multiples of 32, as fastai
         x = nn.relu(jnp.concatenate([up_out, _decoder_bn(train, "bn")(skip)], axis=-1))
         n_in = x.shape[-1]
         features = n_in if self.final_div else n_in // 2
-        x = ConvLayer(features, conv_lowering=low, name="conv1")(x)
-        return ConvLayer(features, conv_lowering=low, name="conv2")(x)
+        x = ConvLayer(features, conv_lowering=low, norm_type=norm, name="conv1")(x, train)
+        return ConvLayer(features, conv_lowering=low, norm_type=norm, self_attention=self.self_attention,
+                         name="conv2")(x, train)
 
 
 class ResBlock(nn.Module):
-    """fastai `res_block(nf, norm_type=None, bottle)`: x + conv_layer(conv_layer(x))."""
+    """fastai `res_block(nf, norm_type, bottle)`: x + conv_layer(conv_layer(x)) (with 'batch', the
+    second BatchNorm's scale starts at 0, fastai's NormType.BatchZero)."""
 
     bottle: bool = False
     conv_lowering: str = "auto"
+    norm_type: str | None = None
 
     @nn.compact
-    def __call__(self, x):
-        n = x.shape[-1]
-        inner = ConvLayer(n // 2 if self.bottle else n, conv_lowering=self.conv_lowering, name="conv1")(x)
-        return x + ConvLayer(n, conv_lowering=self.conv_lowering, name="conv2")(inner)
+    def __call__(self, x, train: bool = False):
+        n, low = x.shape[-1], self.conv_lowering
+        second = "batch_zero" if self.norm_type == "batch" else self.norm_type
+        inner = ConvLayer(n // 2 if self.bottle else n, conv_lowering=low, norm_type=self.norm_type,
+                          name="conv1")(x, train)
+        return x + ConvLayer(n, conv_lowering=low, norm_type=second, name="conv2")(inner, train)
 
 
 class DynamicUnet(nn.Module):
@@ -158,7 +208,14 @@ class DynamicUnet(nn.Module):
     docstring). The output has the input's size and `n_classes` channels; with sizes that are
     not multiples of the encoder's stride (32 for a ResNet) the upsampled maps are resized
     (PyTorch's nearest) to the skip maps and the input, as fastai does. `conv_lowering` is the
-    decoder's (the encoder has its own field; the `unet` factory sets both)."""
+    decoder's (the encoder has its own field; the `unet` factory sets both).
+
+    Lesson 7's options, as fastai's `unet_learner(norm_type, self_attention, y_range)`:
+    `norm_type` of every decoder conv layer (None: conv + ReLU, the default; 'batch': conv
+    without bias + ReLU + BatchNorm; 'weight': weight-normalised convs, NormType.Weight;
+    'spectral'); `self_attention`: a SelfAttention after the second conv of the block
+    `len(skips) - 3` (the third from the top, at 1/8 of the input for a ResNet); `y_range`:
+    sigmoid scaled to (lo, hi)."""
 
     encoder: nn.Module
     n_classes: int
@@ -168,10 +225,13 @@ class DynamicUnet(nn.Module):
     last_cross: bool = True
     bottle: bool = False
     conv_lowering: str = "auto"
+    norm_type: str | None = None
+    self_attention: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         low = check_model_lowering(self.conv_lowering, "DynamicUnet")
+        norm = check_norm_type(self.norm_type)
         features = self.encoder(x, train)
         if not isinstance(features, (list, tuple)) or len(features) < 2:
             raise ValueError("DynamicUnet's encoder must return its feature maps, finest first "
@@ -179,16 +239,20 @@ class DynamicUnet(nn.Module):
         *skips, deepest = features
         n = deepest.shape[-1]
         y = nn.relu(_decoder_bn(train, "bn")(deepest))
-        y = ConvLayer(n, conv_lowering=low, name="middle_1")(ConvLayer(2 * n, conv_lowering=low, name="middle_0")(y))
+        y = ConvLayer(2 * n, conv_lowering=low, norm_type=norm, name="middle_0")(y, train)
+        y = ConvLayer(n, conv_lowering=low, norm_type=norm, name="middle_1")(y, train)
         for i, skip in enumerate(reversed(skips)):
             not_final = i != len(skips) - 1
             y = UnetBlock(final_div=not_final, blur=self.blur and (not_final or self.blur_final),
-                          conv_lowering=low, name=f"blocks_{i}")(y, skip, train)
+                          conv_lowering=low, norm_type=norm, self_attention=self.self_attention and i == len(skips) - 3,
+                          name=f"blocks_{i}")(y, skip, train)
         if y.shape[1:3] != x.shape[1:3]:
-            y = resize_nearest(PixelShuffleICNR(y.shape[-1], conv_lowering=low, name="shuf")(y), x.shape[1:3])
+            y = PixelShuffleICNR(y.shape[-1], conv_lowering=low, norm_type=norm, name="shuf")(y, train)
+            y = resize_nearest(y, x.shape[1:3])
         if self.last_cross:
-            y = ResBlock(self.bottle, low, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1))
-        y = ConvLayer(self.n_classes, kernel=1, activation=False, conv_lowering=low, name="final")(y)
+            y = ResBlock(self.bottle, low, norm, name="res")(jnp.concatenate([y, x.astype(y.dtype)], axis=-1), train)
+        y = ConvLayer(self.n_classes, kernel=1, activation=False, conv_lowering=low, norm_type=norm,
+                      name="final")(y, train)
         return scale_to_range(y, self.y_range)
 
 
@@ -201,14 +265,17 @@ def unet_layer_groups(model: DynamicUnet) -> LayerGroups:
 @register("unet")
 def dynamic_unet(encoder_arch: str = "resnet34", n_classes: int = 2, blur: bool = False, blur_final: bool = True,
                  y_range=None, last_cross: bool = True, bottle: bool = False,
-                 conv_lowering: str = "auto") -> DynamicUnet:
+                 conv_lowering: str = "auto", norm_type: str | None = None,
+                 self_attention: bool = False) -> DynamicUnet:
     """fastai's unet_learner model: the registered ResNet `encoder_arch`, cut, under a DynamicUnet;
-    `conv_lowering` goes to the encoder's config and to every decoder conv."""
+    `conv_lowering` goes to the encoder's config and to every decoder conv; `norm_type`
+    (None, 'batch', 'weight', 'spectral') and `self_attention` as fastai's unet_learner."""
     conv_lowering = check_model_lowering(conv_lowering, "unet")
+    norm_type = check_norm_type(norm_type)
     encoder = build_model(encoder_arch, {"include_top": False, "conv_lowering": conv_lowering})
     if not hasattr(encoder, "return_features"):
         raise ValueError(f"unet: encoder {encoder_arch!r} cannot return its feature maps; use an ImageNet ResNet "
                          "(resnet18, resnet34, resnet50)")
     y_range = None if y_range is None else (float(y_range[0]), float(y_range[1]))
     return DynamicUnet(encoder.clone(return_features=True), n_classes, blur, blur_final, y_range, last_cross, bottle,
-                       conv_lowering)
+                       conv_lowering, norm_type, bool(self_attention))

@@ -58,20 +58,25 @@ def cnn_learner(
 def unet_learner(
     data, base_arch: str = "resnet34", pretrained: bool | str = True, *, metrics: Sequence = (), blur: bool = False,
     blur_final: bool = True, y_range: tuple[float, float] | None = None, last_cross: bool = True, bottle: bool = False,
-    n_classes: int | None = None, conv_lowering: str = "auto", loss: str | Callable = "cross_entropy",
-    config: TrainConfig = TrainConfig(),
-    workdir: str | Path | None = None, log: Callable[[str], None] = print,
+    n_classes: int | None = None, conv_lowering: str = "auto", norm_type: str | None = None,
+    self_attention: bool = False, loss: str | Callable = "cross_entropy", config: TrainConfig = TrainConfig(),
+    workdir: str | Path | None = None, log: Callable[[str], None] = print, export_meta: Callable | None = None,
 ) -> Learner:
     """fastai's unet_learner: a DynamicUnet on the ResNet `base_arch` (encoder pretrained as in
-    `cnn_learner`, then frozen). `n_classes` defaults to the data's classes (segmentation codes)."""
+    `cnn_learner`, then frozen). `n_classes` defaults to the data's classes (segmentation codes).
+    Lesson 7's options: `norm_type` ('weight' = NormType.Weight, 'batch', 'spectral', None),
+    `self_attention`, `y_range`, `blur`. `export_meta`: the export's prediction meta from the
+    data (default: a segmentation's)."""
     n_classes = len(data.train.classes) if n_classes is None else n_classes
     pretrained = _resolved(pretrained, base_arch)
     spec = ModelSpec("unet", {"encoder_arch": base_arch, "n_classes": n_classes, "blur": blur, "blur_final": blur_final,
                               "y_range": None if y_range is None else list(y_range), "last_cross": last_cross,
                               "bottle": bottle, "conv_lowering": conv_lowering})
+    if norm_type is not None or self_attention:  # only then, so earlier exports' configs stay as they were
+        spec = ModelSpec("unet", {**spec.config, "norm_type": norm_type, "self_attention": bool(self_attention)})
     model = spec.build()
     learn = Learner(spec, data, loss, metrics, layer_groups=unet_layer_groups(model), config=config, workdir=workdir,
-                    log=log, export_meta=segmentation_meta)
+                    log=log, export_meta=segmentation_meta if export_meta is None else export_meta)
     if load_body(learn, base_arch, pretrained, log, target={"prefix": ("encoder",), "ignore": ("fc",)}):
         learn.freeze()
     return learn
