@@ -176,7 +176,10 @@ def test_lesson2_own_images_skips_bad_files_evaluates_test_and_predicts(tmp_path
     proc = run("lesson2_own_images", workdir, jax_cache, *args)
     assert "train/<class>, valid/<class>, test/<class>; 3 classes, 30 train / 12 valid / 9 test" in proc.stdout
     assert "broken.jpg" in proc.stderr and "left out" in proc.stderr
-    final = check_run(proc, workdir, 2, 1 / 3, pngs=("lr_find.png",))
+    # no --pretrained: the from-scratch recipe (TINY's: 3 epochs, every layer trained), and it says so
+    assert "== no pretrained weights: training from scratch, simple_cnn at 32 px" in proc.stdout
+    assert "fit_one_cycle(3, 0.01)" in proc.stdout and "--pretrained resnet34" in proc.stdout
+    final = check_run(proc, workdir, 3, 1 / 3)
     assert {"test_loss", "test_error_rate", "test_accuracy"} <= set(final)
 
     from jaxfast.predict import main as predict  # what `python -m jaxfast.predict EXPORT IMAGES...` runs
@@ -189,6 +192,35 @@ def test_lesson2_own_images_skips_bad_files_evaluates_test_and_predicts(tmp_path
     assert all(r["prediction"] in COLOURS and 0 < float(r["probability"]) <= 1 for r in rows[:3])
     assert rows[3]["prediction"] == "" and "broken.jpg" in rows[3]["error"]
     check_resumes("lesson2_own_images", workdir, jax_cache, final, *args)
+
+
+def test_lesson2_own_images_fine_tunes_pretrained_weights_as_the_lesson(tmp_path, jax_cache):
+    """--pretrained keeps the lesson's schedule: body frozen for epochs_frozen, lr_find, unfrozen."""
+    folder = bear_folder(tmp_path / "bears", {"train": 8, "valid": 4})
+    tiny_body(tmp_path / "body.safetensors")
+    workdir = tmp_path / "run"
+    proc = run("lesson2_own_images", workdir, jax_cache, "--data-dir", str(folder),
+               "--pretrained", str(tmp_path / "body.safetensors"))
+    assert "simple_cnn: loaded 12 pretrained tensors" in proc.stdout and "body frozen" in proc.stdout
+    assert "training from scratch" not in proc.stdout
+    check_run(proc, workdir, 2, 1 / 3, pngs=("lr_find.png",))
+
+
+def test_lesson2_own_images_pretrained_name_fails_fast_offline(tmp_path, jax_cache):
+    """A weights name that is neither cached nor reachable stops the run before any photo is
+    read, naming the URL, the cache path and --pretrained PATH."""
+    folder = bear_folder(tmp_path / "bears", {"train": 2, "valid": 1})
+    env_cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.lesson2_own_images", "--workdir", str(tmp_path / "run"),
+         "--data-dir", str(folder), "--pretrained", "resnet50"],
+        cwd=REPO, env={**os.environ, "JAXFAST_CACHE": str(env_cache), "https_proxy": "http://127.0.0.1:9",
+                       "HTTPS_PROXY": "http://127.0.0.1:9"},
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "--pretrained resnet50: the body is resnet50" in proc.stdout
+    assert "download.pytorch.org/models/resnet50" in proc.stderr and str(env_cache) in proc.stderr
+    assert "--pretrained PATH" in proc.stderr and "train/<class>" not in proc.stdout
 
 
 def exported_tta_accuracy(workdir: Path, size: int) -> float:

@@ -28,6 +28,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "resnet": ("resnet18", "resnet34", "resnet50", *(f"cifar_resnet{d}" for d in (20, 32, 44, 56))),
     "rnn": ("rnn_lm",),
     "simple_cnn": ("simple_cnn", "mnist_resnet"),
+    "small_resnet": ("small_resnet",),
     "tabular": ("tabular",),
     "unet": ("unet",),
     "vgg": ("vgg16_bn",),
