@@ -31,9 +31,18 @@ def import_torch():
               "(pip install torch to compare; jaxfast never needs it)", file=sys.stderr)
         return None
     # torch keeps its default threads (one OpenMP thread per core). Its steps slow down
-    # up to 10x whenever another process competes for the cores (OpenMP barriers), so
-    # compare on a quiet machine: every table prints the load average.
+    # up to 10x whenever another process competes for the cores (threads spinning at the
+    # OpenMP barriers), so compare on a quiet machine: every table prints the load average.
+    # On a loaded one, OMP_WAIT_POLICY=PASSIVE (set before torch starts) removes most of it.
+    if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1) and "OMP_WAIT_POLICY" not in os.environ:
+        print(f"load {load_average()}: PyTorch's spinning OpenMP threads will slow its steps up to 10x; "
+              "rerun with OMP_WAIT_POLICY=PASSIVE to compare on a loaded machine", file=sys.stderr)
     return torch
+
+
+def omp_wait_policy() -> str:
+    """OMP_WAIT_POLICY as the run sees it (PyTorch's OpenMP threads), for the table headers."""
+    return os.environ.get("OMP_WAIT_POLICY", "(unset: active spinning)")
 
 
 def load_average() -> str:
@@ -157,6 +166,10 @@ def build_jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, l
     """jaxfast's jitted, donating train step for `model`, as Learner builds it, with its state
     and one batch placed on `device` (default: the first local device), not yet compiled.
 
+    `loss`: a jaxfast.losses name or a per-example loss function (e.g. lesson 7's FeatureLoss);
+    `inputs` and `targets` may be dicts (an LM's {'tokens', 'reset', 'token_mask'} and
+    {'ids', 'weights'}), the batch size is their first leaf's leading size.
+
     Returns (jitted step, state, batch)."""
     from jaxfast.losses import get_loss
     from jaxfast.optim import label_layer_groups, make_optimizer
@@ -165,14 +178,15 @@ def build_jaxfast_step(model, inputs, targets, loss: str = "cross_entropy", *, l
 
     import optax
 
-    task = Task(get_loss(loss), (), compute_dtype)
+    task = Task(loss if callable(loss) else get_loss(loss), (), compute_dtype)
     state = create_train_state(model, inputs, optax.identity(), task, seed)
     labels = label_layer_groups(state.params, group_of_path or (lambda path: 0), n_groups)
     tx = make_optimizer(state.params, state.batch_stats, labels, lrs=[lr] * n_groups, opt="adam", wd=wd, eps=eps,
                         n_frozen_groups=n_frozen)
     state = state.with_optimizer(tx)
     runner = make_runner("single", None if device is None else [device])
-    batch = runner.put_batch({"inputs": inputs, "targets": targets, "mask": np.ones(len(targets), np.float32)})
+    n_rows = len(jax.tree.leaves(targets)[0])
+    batch = runner.put_batch({"inputs": inputs, "targets": targets, "mask": np.ones(n_rows, np.float32)})
     return runner.train_step, runner.put_state(state), batch
 
 

@@ -2,12 +2,17 @@
 
 Runs resnet_bench (ResNet-18/34 at 64 and 32 px, ResNet-34 at 224 px, the MNIST ResNet, the
 cnn head on a frozen body, a DynamicUnet at 128 px, the tf.data pipeline beside the ResNet-18
-step), lstm_bench, tabular_collab_bench and loop_overhead_bench in this process, the jaxfast
+step), lstm_bench, tabular_collab_bench, the lessons' own shapes (awd_lstm_full_bench: the
+full-size AWD-LSTM LM and classifier; unet_lessons_bench: the CamVid U-Net at half size and
+lesson 7's U-Net + feature loss; wgan_bench; `--skip-lesson-shapes` leaves them out,
+`--only-lesson-shapes` runs only them) and loop_overhead_bench in this process, the jaxfast
 step with XLA-only convolutions vs the lowering rule, then lesson epochs (lesson 7's MNIST
 ResNet; `--lessons` adds lesson 1's resnet18 on MNIST_SAMPLE) in fresh processes, alternating
 the XLA-only convolution (`--conv-lowering xla`) and the rule. The machine is shared and
 PyTorch's OpenMP steps slow down 10x when another process competes for the 2 cores, so
-`--wait-load` waits (up to `--wait-max` s) for a quiet minute first. Last, allocator_bench
+`--wait-load` waits (up to `--wait-max` s) for a quiet minute first; on a machine that stays
+loaded, run with OMP_WAIT_POLICY=PASSIVE (PyTorch's threads then sleep at barriers instead
+of spinning: its steps no longer slow 10x; the header records it). Last, allocator_bench
 times ResNet-18 64 px and the LM step in fresh processes under glibc's default malloc and
 with huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
 Run: python benchmarks/run_all.py [--quick] [--wait-load 1.0] [--out results.md]
@@ -27,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import common  # noqa: F401 - puts the repository on sys.path
-from common import COLUMNS, import_torch, load_average, markdown_table
+from common import COLUMNS, import_torch, load_average, markdown_table, omp_wait_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +87,18 @@ def lesson_before_after(lesson: str, epochs: int, rounds: int) -> list[dict]:
     return table + [{"lesson": lesson, "convolution": "xla / rule", **ratio}]
 
 
+def lesson_shape_rows(quick: bool) -> list[dict]:
+    """The full-size AWD-LSTM LM and classifier, the CamVid half-size U-Net, lesson 7's U-Net +
+    feature loss and the WGAN step (seconds per step on 2 cores: few timed steps)."""
+    import awd_lstm_full_bench
+    import unet_lessons_bench
+    import wgan_bench
+
+    steps = "2" if quick else "5"
+    return (awd_lstm_full_bench.main(["--steps", steps]) + unet_lessons_bench.main(["--steps", steps])
+            + wgan_bench.main(["--steps", "5" if quick else "15"]))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed steps (a smoke run, noisier)")
@@ -92,6 +109,10 @@ def main(argv=None) -> None:
                         help="lessons whose epochs to time with XLA-only convs vs the rule (none: skip)")
     parser.add_argument("--only-lessons", action="store_true", help="time only the lesson epochs")
     parser.add_argument("--lesson-epochs", type=int, default=None, help="epochs per lesson run (default 3, quick 2)")
+    shapes = parser.add_mutually_exclusive_group()
+    shapes.add_argument("--skip-lesson-shapes", action="store_true",
+                        help="leave out the full-size AWD-LSTM, lesson U-Net and WGAN rows (the longest)")
+    shapes.add_argument("--only-lesson-shapes", action="store_true", help="time only those rows")
     args = parser.parse_args(argv)
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.wait_max)
@@ -114,12 +135,23 @@ def main(argv=None) -> None:
     torch = import_torch()
     # glibc's malloc settings change both frameworks' step times (benchmarks/allocator_bench.py)
     header = (f"jax {jax.__version__}, torch {torch.__version__ if torch else 'absent'}, {os.cpu_count()} CPU cores, "
-              f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, start load {load_average()}")
+              f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, OMP_WAIT_POLICY={omp_wait_policy()}, "
+              f"start load {load_average()}")
     print(header, flush=True)
     q = args.quick
+    if args.only_lesson_shapes:
+        rows = lesson_shape_rows(q)
+        text = "\n".join(["", header, f"end load {load_average()}", "", "## Train steps at the lessons' shapes, "
+                           "jaxfast vs PyTorch eager (speed-up > 1: jaxfast faster)", "", markdown_table(rows, COLUMNS)])
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     rows = resnet_bench.main(["--steps", "5" if q else "15", "--no-pipeline"])
     rows += lstm_bench.main(["--steps", "3" if q else "11"])
     rows += tabular_collab_bench.main(["--steps", "50" if q else "300"])
+    if not args.skip_lesson_shapes:
+        rows += lesson_shape_rows(q)
     overhead = loop_overhead_bench.main(["--epochs", "2" if q else "3"])
     lowering = [resnet_bench.lowering_speedup(name, 3 if q else 7) for name in ("resnet18_64px", "mnist_resnet")]
     # last: it imports TensorFlow, whose thread pools would disturb the timings above
