@@ -1,9 +1,13 @@
 """Shared fixtures: where the real datasets live, and small fake data."""
 
+import atexit
 import gc
 import gzip
+import os
+import shutil
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _share_compiled_code() -> None:
+    """One persistent XLA compilation cache for this test session and every process it starts
+    (the environment is inherited): the suite compiles the same programs many times (each test
+    builds its own state; a resume or a kill -9 rerun is a new process), and compiles dominate
+    its time on 2 cores. Compiled code is the same either way (the kill tests compare bitwise
+    runs that mix both). A JAX_COMPILATION_CACHE_DIR set by the caller is kept."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    cache = tempfile.mkdtemp(prefix="jaxfast-test-xla-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    if "jax" in sys.modules:  # imported before this conftest (a plugin): tell it too
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", cache)
+
+
+_share_compiled_code()
 
 
 def shared_dataset(name: str) -> Path:
