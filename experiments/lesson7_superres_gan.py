@@ -45,7 +45,7 @@ from jaxfast.gan.feature_loss import feature_loss_from_file
 from jaxfast.gan.image_metrics import bicubic_baseline, psnr, ssim
 from jaxfast.gan.steps import gan_loss, jit_gan_steps
 from jaxfast.gan.switcher import AdaptiveSwitcher, initial_switch_state
-from jaxfast.gan.training import CriticOnly, GANTrainer, sample_images
+from jaxfast.gan.training import CriticOnly, GANTrainer, gan_runner, sample_images
 from jaxfast.learner import TrainConfig
 from jaxfast.losses import binary_cross_entropy
 from jaxfast.models.gan import gan_critic
@@ -148,6 +148,7 @@ def main(config: Config, workdir: Path) -> dict:
     if config.run.data_dir is None:
         raise InputError("lesson7_superres_gan needs --data-dir: any folder of images (e.g. ../shared/data/camvid; "
                          "its train/ trains and its val/ is held out)")
+    runner = gan_runner(config.train.parallel)  # --parallel pmap is refused before the generator trains
     if config.size < 2 ** (config.critic_blocks + 3):
         raise InputError(f"--size {config.size} is too small for gan_critic with --critic-blocks "
                          f"{config.critic_blocks} (needs {2 ** (config.critic_blocks + 3)} px)")
@@ -175,7 +176,7 @@ def main(config: Config, workdir: Path) -> dict:
     critic_model = gan_critic(3, config.critic_nf, config.critic_blocks, 0.15)
     critic = create_train_state(critic_model, jnp.zeros((config.batch_size, config.size, config.size, 3)),
                                 optax.identity(), Task(binary_cross_entropy), config.train.seed + 1)
-    trainer = GANTrainer(learn.state, critic, workdir, config.train, history_name="gan_history.csv")
+    trainer = GANTrainer(learn.state, critic, workdir, config.train, history_name="gan_history.csv", runner=runner)
     steps = jit_gan_steps(gan_loss(learn.state.task.loss, config.weights_gen, switch_eval=True))
     shown = {k: v[:config.sample_rows] for k, v in pairs.items()}
 

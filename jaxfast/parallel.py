@@ -17,6 +17,10 @@ of its own devices (`jax.make_array_from_callback`): the steps see exactly the g
 one-process run, at the price of every process reading (and decoding) every example.
 
 The state is donated to the train step in every mode (its buffers are reused).
+
+Other pure steps (a GAN's critic and generator steps, jaxfast.gan.training) run under 'single'
+and 'mesh' with the same placement: `put_state`, `put_batch`, jitted with `Runner.replicated` as
+their out_shardings on a mesh.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class Runner:
     sync_each_step: bool  # block on every step's metrics (see `make_runner`)
     data_shards: int = 1  # the data axis: a batch is split into this many per-device parts
     fetch: Callable[[Any], Any] = None  # device outputs (split like a batch) -> global numpy tree
+    replicated: Any = None  # mesh: the sharding of a replicated state (out_shardings of other pure steps)
 
     def check_batch_size(self, batch_size: int, what: str = "batch") -> None:
         """InputError unless the global `batch_size` splits evenly over the data shards."""
@@ -205,6 +210,7 @@ def _mesh_runner(devices: list, n_data: int, sync: bool) -> Runner:
         put_batch=lambda batch: jax.tree.map(lambda x: place(x, sharded), batch),
         get_state=get_state, get_metrics=_to_numpy,
         sync_each_step=sync, data_shards=n_data, fetch=_gather_numpy if multi else _to_numpy,
+        replicated=replicated,
     )
 
 

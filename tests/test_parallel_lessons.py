@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("parallel_lessons_check.py")
 ADULT_DUMMY = REPO / "jaxfast" / "datasets" / "dummy_data" / "adult"
@@ -99,3 +101,20 @@ def test_lesson_tiny_variants_end_the_same_on_eight_devices(tmp_path, module, ar
     if "MNIST" in args:
         args = tuple(str(write_mnist_sample(tmp_path / "mnist")) if a == "MNIST" else a for a in args)
     check_modes(finals_of(run_modes(module, tmp_path / "runs", *args)), pmap_exact)
+
+
+@pytest.mark.slow
+def test_wgan_on_a_mesh_ends_as_on_one_device_and_pmap_is_refused(tmp_path):
+    """Lesson 7's WGAN (GANTrainer: two states, its own pure steps, BatchNorm in both models) under
+    --parallel mesh on 8 fake devices ends with one device's metrics (2 epochs of 4 steps: critic
+    and generator steps); --parallel pmap is one clear error before any training."""
+    args = ("--data-dir", str(shared_dataset("mnist_tiny")), "--epochs", "2", "--max-images", "64")
+    finals = finals_of(run_modes("lesson7_wgan", tmp_path / "runs", *args, modes="single,mesh"))
+    single, mesh = finals["single"], finals["mesh"]
+    assert mesh.keys() == single.keys() and single["generator_steps"] >= 1 and single["critic_steps"] >= 5
+    for key, value in single.items():
+        np.testing.assert_allclose(mesh[key], value, rtol=1e-3, atol=1e-6, err_msg=key)
+    refused = run_modes("lesson7_wgan", tmp_path / "pmap", *args, modes="pmap")
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "GAN training runs under --parallel single or mesh" in refused.stderr
+    assert not (tmp_path / "pmap" / "pmap" / "gan_checkpoints").exists()

@@ -100,10 +100,14 @@ def image_grid(images: np.ndarray, n_cols: int | None = None, pad: int = 2) -> n
 
 
 def save_grid(images: np.ndarray, path: str | Path, n_cols: int | None = None) -> Path:
-    """A PNG of `image_grid(images)` (its folder made if needed)."""
+    """A PNG of `image_grid(images)` (its folder made if needed; process 0 alone writes it)."""
     import matplotlib.pyplot as plt
 
+    from jaxfast.distributed import is_primary
+
     path = Path(path)
+    if not is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, image_grid(images, n_cols))
     return path

@@ -234,21 +234,23 @@ class GANSteps(NamedTuple):
     loss: GANLoss
 
 
-def _jit_steps(loss: GANLoss, donate: bool) -> GANSteps:
-    critic = jax.jit(functools.partial(critic_step, loss=loss), donate_argnums=(1,) if donate else ())
-    generator = jax.jit(functools.partial(generator_step, loss=loss), donate_argnums=(0,) if donate else ())
+def _jit_steps(loss: GANLoss, donate: bool, out_shardings=None) -> GANSteps:
+    sharding = {} if out_shardings is None else {"out_shardings": out_shardings}
+    critic = jax.jit(functools.partial(critic_step, loss=loss), donate_argnums=(1,) if donate else (), **sharding)
+    generator = jax.jit(functools.partial(generator_step, loss=loss), donate_argnums=(0,) if donate else (), **sharding)
     return GANSteps(critic, generator, loss)
 
 
 _cached_jit_steps = functools.lru_cache(maxsize=16)(_jit_steps)
 
 
-def jit_gan_steps(loss: GANLoss, donate: bool = True) -> GANSteps:
+def jit_gan_steps(loss: GANLoss, donate: bool = True, out_shardings=None) -> GANSteps:
     """`critic_step` and `generator_step` jitted once with `loss` bound (the same objects for an
     equal `loss`, so a second run in one process reuses the compiled steps; a loss whose content
     loss cannot be hashed gets its own); with `donate` the trained state's buffers are reused for
-    its successor (do not read a state after passing it in)."""
+    its successor (do not read a state after passing it in). `out_shardings`: the outputs'
+    sharding on a mesh (jaxfast.parallel's `Runner.replicated`; GANTrainer sets it)."""
     try:
-        return _cached_jit_steps(loss, donate)
+        return _cached_jit_steps(loss, donate, out_shardings)
     except TypeError:  # unhashable content_loss
-        return _jit_steps(loss, donate)
+        return _jit_steps(loss, donate, out_shardings)

@@ -12,6 +12,12 @@ both models' steps), so it ends with the parameters of an uninterrupted run.
 
 SIGTERM saves after the current step and raises `Preempted`; a NaN/inf loss raises
 `TrainingDiverged` naming the last good checkpoint (the trainer keeps those weights).
+
+Devices: `config.parallel` as every experiment's (jaxfast.parallel): 'single', or 'mesh' (the
+states replicated, each batch split over the devices: the result of one device up to the order
+of float sums); 'pmap' is refused (`gan_runner`): the GAN steps are written for a sharded jit, not
+for pmap's named axis. Under several processes, process 0 alone writes the history, plots and
+TensorBoard events; every process saves checkpoints (Orbax synchronises them).
 Per epoch: history.csv (one row per epoch: each model's mean loss and metrics, step counts),
 `gan_losses.png` (per-step curves), TensorBoard scalars, and the caller's `on_epoch` hook
 (e.g. a sample grid).
@@ -31,10 +37,12 @@ import numpy as np
 from flax import struct
 from tqdm.auto import tqdm
 
+from jaxfast import distributed
 from jaxfast.checkpoint import Checkpointer
-from jaxfast.errors import TrainingDiverged
+from jaxfast.errors import InputError, TrainingDiverged
 from jaxfast.gan.history import GANHistory
-from jaxfast.gan.steps import GANSteps
+from jaxfast.gan.steps import GANSteps, jit_gan_steps
+from jaxfast.parallel import ParallelConfig, Runner, make_runner
 from jaxfast.gan.switcher import SwitchState, fit_gan, initial_switch_state
 from jaxfast.phases import PhaseMismatch, check_phase, signature
 from jaxfast.preemption import Preempted, stop_requests
@@ -83,16 +91,31 @@ class CriticOnly:
         return "CriticOnly()"
 
 
+def gan_runner(parallel: ParallelConfig | str) -> Runner:
+    """The devices of GAN training for `--parallel` (InputError for pmap, before any training:
+    an experiment calls it first when a Learner stage comes before its GAN stages)."""
+    runner = make_runner(parallel)
+    if runner.mode == "pmap":
+        raise InputError("GAN training runs under --parallel single or mesh (a sharded jit over the devices, the "
+                         "result of one device); its steps are not written for pmap's named axis: use "
+                         "--parallel mesh (or auto)")
+    return runner
+
+
 class GANTrainer:
     """A generator and a critic trained by phases of pure GAN steps (see the module docstring).
 
     `gen_state` / `critic_state` are the starting states (their optimizers are replaced by each
-    phase's); after `fit`, `self.gen_state` / `self.critic_state` are the trained ones."""
+    phase's); after `fit`, `self.gen_state` / `self.critic_state` are the trained ones.
+    `runner`: the devices (default `gan_runner(config.parallel)`)."""
 
     def __init__(self, gen_state: TrainState, critic_state: TrainState, workdir: str | Path | None,
                  config: TrainConfig = TrainConfig(), log: Callable[[str], None] = print,
-                 checkpoint_dir: str = "gan_checkpoints", history_name: str = "history.csv"):
+                 checkpoint_dir: str = "gan_checkpoints", history_name: str = "history.csv",
+                 runner: Runner | None = None):
         self.gen_state, self.critic_state, self.config, self.log = gen_state, critic_state, config, log
+        self.runner = gan_runner(config.parallel) if runner is None else runner
+        self.primary = distributed.is_primary()  # process 0 writes the history, plots and events
         self.workdir = Path(workdir) if workdir is not None else None
         self.history_name = history_name  # beside a Learner's history.csv: another name
         self.rng = jax.random.fold_in(jax.random.key(config.seed), 0x6A4)
@@ -103,7 +126,7 @@ class GANTrainer:
         if self.workdir is None:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if config.tensorboard:
+        if config.tensorboard and self.primary:
             from jaxfast.tensorboard import TensorBoardWriter
 
             self.tensorboard = TensorBoardWriter(self.workdir)
@@ -131,6 +154,9 @@ class GANTrainer:
         starts the switcher; `on_epoch(epoch, trainer)` runs at each epoch's end, before its checkpoint."""
         if n_epochs < 0:
             raise ValueError(f"n_epochs must be >= 0, got {n_epochs}")
+        self.runner.check_batch_size(loader.batch_size, "GAN batch")
+        if self.runner.replicated is not None:  # a mesh: the steps' outputs stay replicated
+            steps = jit_gan_steps(steps.loss, out_shardings=self.runner.replicated)
         index, meta = len(self._plan), self._resume_meta
         sig = signature("gan_fit", name=name, epochs=n_epochs, loss=steps.loss.kind, switcher=repr(switcher),
                         **settings, train_rows=loader.num_rows, batch_size=loader.batch_size,
@@ -166,8 +192,10 @@ class GANTrainer:
         checkpoint, so a run killed in between rewrites them (identically) on the rerun."""
         t0, data_epoch = time.time(), self.history.n_epochs
         every = self.config.checkpoint_every_steps
-        gen, critic = copy_tree(self.gen_state), copy_tree(self.critic_state)  # the steps donate their inputs
-        batches = (to_batch(b) for b in loader.batches(data_epoch, start=first))
+        runner = self.runner
+        # the steps donate their inputs: copies, placed on the devices
+        gen, critic = runner.put_state(copy_tree(self.gen_state)), runner.put_state(copy_tree(self.critic_state))
+        batches = (runner.put_batch(to_batch(b)) for b in loader.batches(data_epoch, start=first))
         with tqdm(total=len(loader), initial=first, disable=not self.config.progress, leave=False,
                   desc=f"epoch {data_epoch}", dynamic_ncols=True) as bar, contextlib.closing(batches):
             b = first
@@ -187,9 +215,10 @@ class GANTrainer:
             except TrainingDiverged as err:
                 self._restore_last_good()
                 raise TrainingDiverged(self._where(f"{err}; training stopped")) from None
+        self.gen_state, self.critic_state = runner.get_state(gen), runner.get_state(critic)
         row = self.history.end_epoch(data_epoch, time.time() - t0)
         self.log(self.history.format_row(row))
-        if self.workdir is not None:
+        if self.workdir is not None and self.primary:
             self.history.write_csv(self.workdir / self.history_name)
             self.history.plot(self.workdir / "gan_losses.png")
         if on_epoch is not None:
@@ -215,7 +244,8 @@ class GANTrainer:
             return
         meta = {"phase": phase, "plan": self._plan, "epoch": epoch, "batch": batch,
                 "switch": self.switch_state.to_json(), "history": self.history.to_dict()}
-        self.checkpointer.save(pair_arrays(self.gen_state, self.critic_state), meta)
+        states = self.runner.get_state(self.gen_state), self.runner.get_state(self.critic_state)
+        self.checkpointer.save(pair_arrays(*states), meta)
 
     def _where(self, what: str) -> str:
         if self.checkpointer is None or self.checkpointer.latest_step() is None:
