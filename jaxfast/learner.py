@@ -365,7 +365,7 @@ class Learner:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
                 pending = Pending(runner.get_metrics, record, runner.sync_each_step)
-                with contextlib.closing(self._device_batches(train.batches(data_epoch, start=first))) as batches:
+                with contextlib.closing(self._device_batches(runner.host_batches(train, data_epoch, first))) as batches:
                     for b, dbatch in enumerate(batches, start=first):
                         dstate, device_metrics = runner.train_step(dstate, dbatch)
                         pending.add(b, device_metrics)
@@ -405,7 +405,7 @@ class Learner:
             total[0] = add_stats(total[0], jax.tree.map(lambda x: np.asarray(x, np.float64), metrics))
 
         pending = Pending(self.runner.get_metrics, add, self.runner.sync_each_step)
-        with contextlib.closing(self._device_batches(loader.batches(0))) as batches:
+        with contextlib.closing(self._device_batches(self.runner.host_batches(loader, 0))) as batches:
             for dbatch in batches:
                 pending.add(None, self.runner.eval_step(dstate, dbatch))
         pending.flush()

@@ -45,7 +45,7 @@ def lr_find(learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int =
     lrs, smoothed, avg, best = [], [], 0.0, math.inf
     epoch = 0
     while len(lrs) < num_it:
-        for batch in learner.data.train.batches(epoch):
+        for batch in learner.runner.host_batches(learner.data.train, epoch):
             dstate, metrics = learner.runner.train_step(dstate, learner.runner.put_batch(batch))
             metrics = learner.runner.get_metrics(metrics)
             loss = float(metrics["loss"]["sum"] / max(metrics["loss"]["count"], 1.0))

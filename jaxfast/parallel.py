@@ -14,7 +14,9 @@ Batch sizes are GLOBAL: a loader's `batch_size` rows are split over the data axi
 batch = batch size / data shards, an InputError when it does not divide). Under several
 processes every process iterates the same seeded global batches and `put_batch` keeps the rows
 of its own devices (`jax.make_array_from_callback`): the steps see exactly the global batch of a
-one-process run, at the price of every process reading (and decoding) every example.
+one-process run. `host_batches` asks a loader that can (the image loaders' `local_batches`) to
+read and decode only those rows (`local_rows`), so each process reads its own share of every
+split; in-memory arrays (tabular, collab, text, MNIST) are sliced, which costs nothing.
 
 The state is donated to the train step in every mode (its buffers are reused).
 
@@ -89,6 +91,19 @@ class Runner:
     data_shards: int = 1  # the data axis: a batch is split into this many per-device parts
     fetch: Callable[[Any], Any] = None  # device outputs (split like a batch) -> global numpy tree
     replicated: Any = None  # mesh: the sharding of a replicated state (out_shardings of other pure steps)
+    local_rows: Callable[[int], np.ndarray | None] = lambda batch_size: None  # rows this process's devices hold
+
+    def host_batches(self, loader, epoch: int = 0, start: int = 0):
+        """`loader.batches(epoch, start)`; under several processes, a loader with `local_batches`
+        (the image loaders) reads and decodes only the rows of each batch this process's devices hold."""
+        if getattr(loader, "process_count", 1) != 1:
+            raise InputError(f"a loader that reads a strided share of the files (process_count "
+                             f"{loader.process_count}) cannot feed the steps, which take global batches: "
+                             "build it with process_count=1 (each process then decodes its own rows)")
+        rows = self.local_rows(loader.batch_size)
+        if rows is not None and hasattr(loader, "local_batches"):
+            return loader.local_batches(epoch, start, rows)
+        return loader.batches(epoch, start=start)
 
     def check_batch_size(self, batch_size: int, what: str = "batch") -> None:
         """InputError unless the global `batch_size` splits evenly over the data shards."""
@@ -193,6 +208,11 @@ def _mesh_runner(devices: list, n_data: int, sync: bool) -> Runner:
         return jax.tree.map(lambda sharding, subtree: jax.tree.map(lambda x: place(x, sharding), subtree),
                             state_shardings(state), state)
 
+    def local_rows(batch_size: int) -> np.ndarray:
+        """The rows of a global batch that this process's devices hold (sorted)."""
+        index_map = sharded.addressable_devices_indices_map((batch_size,))
+        return np.unique(np.concatenate([np.arange(batch_size)[index[0]] for index in index_map.values()]))
+
     def get_state(state):
         if not multi:
             return state
@@ -210,7 +230,7 @@ def _mesh_runner(devices: list, n_data: int, sync: bool) -> Runner:
         put_batch=lambda batch: jax.tree.map(lambda x: place(x, sharded), batch),
         get_state=get_state, get_metrics=_to_numpy,
         sync_each_step=sync, data_shards=n_data, fetch=_gather_numpy if multi else _to_numpy,
-        replicated=replicated,
+        replicated=replicated, local_rows=local_rows if multi else (lambda batch_size: None),
     )
 
 

@@ -238,3 +238,18 @@ def test_real_camvid_tiny_has_no_valid_txt_and_splits_randomly():
     assert {k: len(v) for k, v in found.splits.items()} == {"train": 80, "valid": 20}
     assert found.codes == camvid.FASTAI_CODES and found.void_code == 30
     assert class_counts(found.splits["train"], 32).sum() == 80 * 96 * 128
+
+
+def test_segmentation_and_point_loaders_decode_only_the_given_rows():
+    images, masks = stripes()
+    source = SegmentationSource("pixels", images, masks, ("a", "b", "c", "d", "e", "void"), 5, "stripes")
+    points = np.tile(np.array([[[20.0, 30.0]]], np.float32), (len(images), 1, 1))
+    tfms = TransformConfig(max_rotate=25.0, max_zoom=1.4, max_warp=0.3, max_lighting=0.0, p_affine=1.0)
+    for loader in (SegmentationLoader(source, 4, size=(32, 48), shuffle=True, tfms=tfms, stats=None),
+                   PointLoader(PointSource("pixels", images, points, "p"), 4, size=(32, 48), tfms=tfms)):
+        rows = np.array([0, 3])
+        for a, b in zip(loader.batches(0), loader.local_batches(0, 0, rows), strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(b[key][rows], a[key][rows], err_msg=key)
+                assert not np.any(b[key][[1, 2]]), key

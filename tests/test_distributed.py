@@ -107,6 +107,16 @@ def test_a_checkpoint_resumes_on_another_process_count(one_process, tmp_path, fi
     assert_same_params(params(one_process), params(workdir))
 
 
+def test_two_processes_each_decoding_their_own_image_rows_train_to_the_parameters_of_one(tmp_path):
+    """Augmented tf.data image batches: each process decodes only the rows of every global batch
+    that its device holds (ImageLoader.local_batches); the parameters are those of one process."""
+    command = [sys.executable, str(LESSON), "--kind", "images"]
+    run_processes(tmp_path / "one", 1, command=command)
+    outs = run_processes(tmp_path / "two", 2, command=command)
+    assert "2 device(s), mode mesh" in outs[0]
+    assert_same_params(params(tmp_path / "one"), params(tmp_path / "two"))
+
+
 @pytest.mark.slow
 def test_a_lesson_exports_from_two_processes(tmp_path):
     module = [sys.executable, "-m", "experiments.lesson4_tabular", "--tiny", "--data-dir", str(ADULT_DUMMY)]

@@ -247,3 +247,35 @@ def test_tfds_fails_fast_offline(tmp_path):
     assert time.time() - t0 < 20
     for part in ("'cifar10'", url, "--data-dir"):
         assert part in str(error.value)
+
+
+def test_local_batches_decode_only_the_given_rows_of_the_global_batches():
+    """Under jax.distributed each process decodes only the rows its devices hold: those rows are
+    the global batches' rows (same order, same augmentation), the others zeros."""
+    source = coded_pixels(23)
+    tfms = TransformConfig(max_rotate=20.0, max_zoom=1.2, max_lighting=0.2, p_affine=1.0)
+    for loader in (ImageLoader(source, 6, size=8, shuffle=True, drop_last=True, tfms=tfms, seed=3),
+                   ImageLoader(source, 6, size=8, stats=None)):
+        rows = np.array([1, 2, 5])
+        full = list(loader.batches(1, start=1))
+        local = list(loader.local_batches(1, 1, rows))
+        assert len(local) == len(full) == len(loader) - 1
+        for a, b in zip(full, local):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key].shape == a[key].shape and b[key].dtype == a[key].dtype, key
+                np.testing.assert_array_equal(b[key][rows], a[key][rows], err_msg=key)
+                assert not np.any(np.delete(b[key], rows, axis=0)), key
+        assert [list(b) for b in loader.local_batches(0, 0, None)] == [list(b) for b in loader.batches(0)]
+    with pytest.raises(ValueError, match="rows must be positions in a batch of 6"):
+        next(loader.local_batches(0, 0, np.array([6])))
+
+
+def test_the_steps_refuse_a_loader_that_reads_a_strided_share():
+    from jaxfast.errors import InputError
+    from jaxfast.parallel import make_runner
+
+    runner = make_runner("single")
+    assert len(list(runner.host_batches(ImageLoader(coded_pixels(8), 4, size=8), 0))) == 2
+    with pytest.raises(InputError, match="process_count 2"):
+        runner.host_batches(ImageLoader(coded_pixels(8), 4, size=8, process_index=0, process_count=2), 0)

@@ -6,8 +6,12 @@ Every batch has exactly `batch_size` rows {'inputs': float32 NHWC, 'targets': in
 (seed, epoch) and each example's augmentation is row `index` of draws keyed on
 (seed, epoch) (see jaxfast.vision.transforms), so
 `batches(epoch, start=k)` gives exactly the batches k... of a full pass (exact resume).
-With several processes (multi-host), each reads its own strided share of the file
-list. `with_size` gives the same loader at another image size (progressive resizing).
+With several processes (jax.distributed), every process plans the same global batches and
+`local_batches(epoch, start, rows)` decodes only the rows of each batch that its own devices
+hold (jaxfast.parallel's `Runner.local_rows`; the Learner asks for them): each process reads
+its own share of every split, and the batches the steps see are those of one process. (A loop
+of one's own can instead give each process a strided share of the files: `process_index`,
+`process_count`.) `with_size` gives the same loader at another image size (progressive resizing).
 
 Sources: files found by `jaxfast.vision.folders`, or tfds catalog datasets
 (`oxford_iiit_pet`, `mnist`, `cifar10`) kept encoded in memory; offline, tfds fails
@@ -112,15 +116,11 @@ class ImageLoader:
     stats: tuple | None = T.IMAGENET_STATS
     resize_method: str = "crop"
     seed: int = 0
-    process_index: int | None = None
-    process_count: int | None = None
+    process_index: int = 0
+    process_count: int = 1
 
     def __post_init__(self):
         name = self.source.name
-        if self.process_count is None:
-            object.__setattr__(self, "process_count", jax.process_count())
-        if self.process_index is None:
-            object.__setattr__(self, "process_index", jax.process_index())
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"{name}: process_index {self.process_index} not in [0, {self.process_count})")
         if self.batch_size < 1:
@@ -192,22 +192,50 @@ class ImageLoader:
             image = T.normalize(image, *self.stats)
         return image, tf.gather(self.source.tensors[1], index), mask
 
-    def dataset(self, epoch: int = 0, start: int = 0, stop: int | None = None) -> tf.data.Dataset:
-        """Batches start..stop-1 of `epoch` as a tf.data pipeline (decode, augment, batch, prefetch)."""
+    def dataset(self, epoch: int = 0, start: int = 0, stop: int | None = None,
+                rows: np.ndarray | None = None) -> tf.data.Dataset:
+        """Batches start..stop-1 of `epoch` as a tf.data pipeline (decode, augment, batch, prefetch);
+        with `rows` (positions within a batch), only those rows of each batch."""
         hide_accelerators_from_tensorflow()
         stop = len(self) if stop is None else min(stop, len(self))
         index, mask = self.plan(epoch)
-        rows = slice(start * self.batch_size, stop * self.batch_size)
+        bs = self.batch_size
+        rows = np.arange(bs) if rows is None else np.asarray(rows, np.int64)
+        take = (np.arange(start, stop)[:, None] * bs + rows[None, :]).ravel()
         params = self.augment_params(epoch) if self.tfms is not None else None
-        ds = tf.data.Dataset.from_tensor_slices((index[rows].astype(np.int64), mask[rows]))
+        ds = tf.data.Dataset.from_tensor_slices((index[take].astype(np.int64), mask[take]))
         ds = ds.map(functools.partial(self._example, params=params), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
-        return ds.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(len(rows), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def _as_batch(self, parts: tuple) -> dict:
+        """One element of `dataset` as the batch dict."""
+        inputs, targets, mask = parts
+        return {"inputs": inputs, "targets": targets, "mask": mask}
 
     def batches(self, epoch: int = 0, start: int = 0, stop: int | None = None) -> Iterator[dict]:
         """Yield the batches of `epoch` from index `start` as numpy dicts."""
-        for inputs, targets, mask in self.dataset(epoch, start, stop).as_numpy_iterator():
-            yield {"inputs": inputs, "targets": targets, "mask": mask}
+        for parts in self.dataset(epoch, start, stop).as_numpy_iterator():
+            yield self._as_batch(parts)
+
+    def local_batches(self, epoch: int = 0, start: int = 0, rows: np.ndarray | None = None) -> Iterator[dict]:
+        """`batches(epoch, start)` with only `rows` of each batch read and decoded (the rows that
+        this process's devices hold under jax.distributed); the other rows are zeros, which the
+        runner never sends to a device. `rows` None: every row."""
+        if rows is None:
+            yield from self.batches(epoch, start)
+            return
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or not len(rows) or rows.min() < 0 or rows.max() >= self.batch_size:
+            raise ValueError(f"{self.source.name}: rows must be positions in a batch of {self.batch_size}, got {rows}")
+
+        def spread(part):
+            full = np.zeros((self.batch_size, *part.shape[1:]), part.dtype)
+            full[rows] = part
+            return full
+
+        for parts in self.dataset(epoch, start, None, rows).as_numpy_iterator():
+            yield jax.tree.map(spread, self._as_batch(parts))
 
     def sample_inputs(self) -> np.ndarray:
         """The inputs of the first batch (for model initialisation)."""
@@ -254,10 +282,11 @@ def databunch_with_size(data: DataBunch, size) -> DataBunch:
 def sources_databunch(
     train: ImageSource, valid: ImageSource | None, test: ImageSource | None = None, *, size=224,
     batch_size: int = 64, valid_batch_size: int | None = None, tfms: T.TransformConfig | None = T.FASTAI_TRANSFORMS,
-    stats="imagenet", resize_method: str = "crop", seed: int = 0, process_index: int | None = None,
-    process_count: int | None = None, loader: type[ImageLoader] | None = None,
+    stats="imagenet", resize_method: str = "crop", seed: int = 0, process_index: int = 0,
+    process_count: int = 1, loader: type[ImageLoader] | None = None,
 ) -> DataBunch:
-    """Train (shuffled, augmented, last batch dropped), valid and test loaders.
+    """Train (shuffled, augmented, last batch dropped), valid and test loaders (`process_index`,
+    `process_count`: a strided share of the files for a loop of one's own; the Learner needs 0, 1).
 
     `stats`: 'imagenet', 'computed' (from the training images), None, or (mean, std).
     `loader`: the ImageLoader class (jaxfast.vision.segmentation's for masks and points).

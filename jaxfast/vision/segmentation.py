@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -202,9 +202,9 @@ class PointLoader(ImageLoader):
             image = T.normalize(image, *self.stats)
         return image, tf.reshape(unit, [-1]), tf.cast(visible, tf.float32), mask
 
-    def batches(self, epoch: int = 0, start: int = 0, stop: int | None = None) -> Iterator[dict]:
-        for inputs, targets, visible, mask in self.dataset(epoch, start, stop).as_numpy_iterator():
-            yield {"inputs": inputs, "targets": targets, "visible": visible, "mask": mask}
+    def _as_batch(self, parts: tuple) -> dict:
+        inputs, targets, visible, mask = parts
+        return {"inputs": inputs, "targets": targets, "visible": visible, "mask": mask}
 
 
 def segmentation_databunch(train: SegmentationSource, valid: SegmentationSource | None,
