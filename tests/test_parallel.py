@@ -21,6 +21,8 @@ def test_parallel_modes_match_single_device(n_devices):
     assert "pmap matches single device" in proc.stdout
     assert "mesh matches single device" in proc.stdout
     assert "mesh_data matches single device" in proc.stdout
+    assert "mesh carried LM state matches single device" in proc.stdout
+    assert "pmap carried LM state matches single device" in proc.stdout
     assert proc.stdout.strip().endswith("OK")
 
 

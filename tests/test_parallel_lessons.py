@@ -9,7 +9,7 @@ Tolerances (rtol 1e-3, atol 1e-3 on every final metric):
   sums are added in another order (per-device partial sums, then an all-reduce). Seen: at most
   2.3e-5 relative (MNIST sample's valid loss), most metrics identical.
 - pmap matches at the same tolerance for models without BatchNorm or dropout (collab's dot
-  product model, lesson 7's RNNs with their carried state). A model with BatchNorm under pmap
+  product model, lesson 7's pure RNNs). A model with BatchNorm under pmap
   normalises each device's rows by their own statistics (as PyTorch DDP without SyncBatchNorm),
   and dropout draws per-device masks: a different, equally valid training, whose per-device
   batches here are 1-4 rows, so its metrics are only checked to exist and be finite (seen: tabular
@@ -95,7 +95,7 @@ def test_a_global_batch_that_does_not_split_over_the_devices_is_one_clear_error(
 @pytest.mark.parametrize("module, args, pmap_exact", [
     ("lesson4_tabular", ("--data-dir", str(ADULT_DUMMY)), lambda key: False),
     ("lesson1_mnist_sample", ("--data-dir", "MNIST"), lambda key: False),
-    ("lesson7_human_numbers", (), lambda key: True),  # RNNs carrying their hidden state, no BatchNorm
+    ("lesson7_human_numbers", (), lambda key: True),  # pure RNNs, no BatchNorm, no dropout
 ], ids=["tabular", "mnist_sample", "human_numbers"])
 def test_lesson_tiny_variants_end_the_same_on_eight_devices(tmp_path, module, args, pmap_exact):
     if "MNIST" in args:
