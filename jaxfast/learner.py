@@ -407,7 +407,10 @@ class Learner:
         pending = Pending(self.runner.get_metrics, add, self.runner.sync_each_step)
         with contextlib.closing(self._device_batches(self.runner.host_batches(loader, 0))) as batches:
             for dbatch in batches:
-                pending.add(None, self.runner.eval_step(dstate, dbatch))
+                metrics, carry = self.runner.eval_step(dstate, dbatch)
+                if carry:  # an LM's hidden state, carried to the next batch (never into training)
+                    dstate = dstate.replace(carry=carry)
+                pending.add(None, metrics)
         pending.flush()
         stats = total[0]
         loss = stats.pop("loss")

@@ -80,7 +80,7 @@ class Runner:
     mode: str
     n_devices: int  # devices the steps run on
     train_step: Callable  # (device_state, device_batch) -> (device_state, metrics)
-    eval_step: Callable  # (device_state, device_batch) -> metrics
+    eval_step: Callable  # (device_state, device_batch) -> (metrics, the carried state after the batch)
     predict_step: Callable  # (device_state, device_inputs) -> outputs (leading axis: the batch)
     outputs_step: Callable  # (device_state, device_batch) -> (per-example losses, outputs)
     put_state: Callable[[Any], Any]
@@ -198,10 +198,16 @@ def _mesh_runner(devices: list, n_data: int, sync: bool) -> Runner:
     compiled: dict = {}
 
     def train_step(state, batch):  # one jit per carry structure (its out_shardings)
-        key = jax.tree.structure(state.carry)
+        key = ("train", jax.tree.structure(state.carry))
         if key not in compiled:
             compiled[key] = jax.jit(steps.train_step, donate_argnums=0,
                                     out_shardings=(state_shardings(state), replicated))
+        return compiled[key](state, batch)
+
+    def eval_step(state, batch):  # metrics replicated, the carried rows split like the batch
+        key = ("eval", jax.tree.structure(state.carry))
+        if key not in compiled:
+            compiled[key] = jax.jit(steps.eval_step, out_shardings=(replicated, state_shardings(state).carry))
         return compiled[key](state, batch)
 
     def put_state(state):
@@ -223,7 +229,7 @@ def _mesh_runner(devices: list, n_data: int, sync: bool) -> Runner:
     return Runner(
         "mesh", n,
         train_step=train_step,
-        eval_step=jax.jit(steps.eval_step, out_shardings=replicated),
+        eval_step=eval_step,
         predict_step=jax.jit(steps.predict_step, out_shardings=sharded),
         outputs_step=jax.jit(steps.loss_and_outputs_step, out_shardings=(sharded, sharded)),
         put_state=put_state,

@@ -33,13 +33,15 @@ def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
     return rng
 
 
-def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, intermediates: bool = False):
+def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, intermediates: bool = False,
+             keep_carry: bool = False):
     """Run the model; returns (float32 outputs, new batch_stats, new carry), and the sown
     intermediates as a fourth item when `intermediates`.
 
     Training reads and writes the model's mutable collections: BatchNorm statistics and the
-    carried state (e.g. an LM's hidden state, kept from batch to batch). Evaluation and
-    prediction leave the state alone and start each batch from the model's zero carry."""
+    carried state (e.g. an LM's hidden state, kept from batch to batch). Evaluation with
+    `keep_carry` reads and returns the carried state too (the batch's reset flag starts it
+    from zeros); prediction leaves the state alone and starts each batch from the zero carry."""
     dtype = jnp.dtype(state.task.compute_dtype)
     if dtype != jnp.float32:
         params = _cast_floats(params, dtype)
@@ -47,7 +49,7 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, interm
     variables = {"params": params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    if train and state.carry:
+    if (train or keep_carry) and state.carry:
         variables["carry"] = state.carry
     mutable = [name for name, tree in (("batch_stats", state.batch_stats), ("carry", state.carry)) if tree]
     if not train:
@@ -60,7 +62,7 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, interm
     else:
         outputs, updates = apply_model(state.apply_fn, variables, inputs, train=train, rngs=rngs), {}
     new_stats = updates.get("batch_stats", state.batch_stats) if train else state.batch_stats
-    new_carry = updates.get("carry", state.carry) if train else state.carry
+    new_carry = updates.get("carry", state.carry) if train or keep_carry else state.carry
     if intermediates:
         sown = _cast_floats(updates.get("intermediates", {}), jnp.float32)
         return _cast_floats(outputs, jnp.float32), new_stats, new_carry, sown
@@ -115,14 +117,16 @@ def train_step(state: TrainState, batch: dict, axis_name: str | None = None) -> 
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> dict:
-    """Loss and metric sums on `batch` with the model in inference mode."""
+def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> tuple[dict, dict]:
+    """Loss and metric sums on `batch` with the model in inference mode, and the carried state
+    after it: evaluation carries an LM's hidden state from batch to batch as fastai's validate
+    does (the loader's first batch resets it); {} for a model without one."""
     mask = batch["mask"].astype(jnp.float32)
-    outputs, _, _ = _forward(state, state.params, batch["inputs"], train=False)
+    outputs, _, carry = _forward(state, state.params, batch["inputs"], train=False, keep_carry=True)
     loss_sum = (state.task.loss(outputs, batch["targets"]) * mask).sum()
     metrics = {"loss": {"sum": loss_sum, "count": mask.sum()}}
     metrics.update(accumulate_all(state.task.metrics, outputs, batch["targets"], mask))
-    return _sum_over(metrics, axis_name)
+    return _sum_over(metrics, axis_name), carry
 
 
 def predict_step(state: TrainState, inputs) -> jax.Array:

@@ -41,7 +41,7 @@ def run(mode: str, steps: int = 5):
         batch = {"inputs": x[idx], "targets": y[idx], "mask": mask}
         dstate, metrics = runner.train_step(dstate, runner.put_batch(batch))
         losses.append(runner.get_metrics(metrics)["loss"]["sum"])
-    ev = runner.get_metrics(runner.eval_step(dstate, runner.put_batch({"inputs": x[:16], "targets": y[:16], "mask": mask})))
+    ev = runner.get_metrics(runner.eval_step(dstate, runner.put_batch({"inputs": x[:16], "targets": y[:16], "mask": mask}))[0])
     return runner.get_state(dstate), np.array(losses), ev
 
 

@@ -81,3 +81,31 @@ def test_resume_restores_the_carry_exactly(tmp_path, monkeypatch):
     assert int(resumed.state.step) == 6
     for a, b in zip(leaves((whole.state.params, whole.state.carry)), leaves((resumed.state.params, resumed.state.carry))):
         np.testing.assert_array_equal(a, b)
+
+
+
+def test_validation_carries_the_hidden_state_from_batch_to_batch():
+    """As fastai's validate: each valid batch starts from the hidden state the previous one left
+    (the loader's first batch resets it), not from zeros; training's carry is left alone."""
+    from jaxfast import steps
+
+    learn = lm_learner()
+    learn.fit_one_cycle(4, 5e-2)
+    trained_carry = leaves(learn.state.carry)
+    step = jax.jit(steps.eval_step)
+
+    def mean_loss(reset_every_batch: bool) -> float:
+        state, sums, counts = learn.state, 0.0, 0.0
+        for batch in learn.data.valid.batches(0):
+            if reset_every_batch:
+                batch = {**batch, "inputs": {**batch["inputs"], "reset": np.ones_like(batch["inputs"]["reset"])}}
+            metrics, carry = step(state, batch)
+            state = state.replace(carry=carry)
+            sums, counts = sums + float(metrics["loss"]["sum"]), counts + float(metrics["loss"]["count"])
+        return sums / counts
+
+    carried, zero_start = mean_loss(False), mean_loss(True)
+    assert learn.validate()["loss"] == pytest.approx(carried, rel=1e-6)
+    assert abs(carried - zero_start) > 1e-4, (carried, zero_start)
+    for a, b in zip(trained_carry, leaves(learn.state.carry)):
+        np.testing.assert_array_equal(a, b)
