@@ -52,8 +52,8 @@ def _forward(state: TrainState, params, inputs, *, train: bool, rng=None, interm
     if (train or keep_carry) and state.carry:
         variables["carry"] = state.carry
     mutable = [name for name, tree in (("batch_stats", state.batch_stats), ("carry", state.carry)) if tree]
-    if not train:
-        mutable = ["carry"] if state.carry else []  # the zero carry is built, then dropped
+    if not train:  # the carry: kept by evaluation (keep_carry); prediction builds a zero one and drops it
+        mutable = ["carry"] if state.carry else []
     if intermediates:
         mutable = [*mutable, "intermediates"]
     rngs = {"dropout": rng} if train else {}
